@@ -1,0 +1,76 @@
+"""Stage 3: uint8 frame crops in, L2-normalised video (and frame) features out.
+
+The device does the float conversion and normalisation, so the host only moves
+bytes; on CUDA the batch is copied from pinned memory and run under autocast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.model import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(gpu: str) -> torch.device:
+    """`auto`: CUDA device 0 if there is one, else the CPU with a warning."""
+    spec = str(gpu).strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", 0)
+        log.warning("no CUDA GPU found: running on the CPU, which is much slower")
+        return torch.device("cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if "," in spec:
+        raise PipelineError(
+            f"--gpu {gpu}: one device per run; start one 'run --gpu N' per GPU on the same job"
+        )
+    if not spec.isdigit():
+        raise PipelineError(f"--gpu must be auto, cpu or a GPU index, got {gpu!r}")
+    index = int(spec)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if index >= count:
+        have = f"only {count} CUDA device(s)" if count else "no CUDA GPU is available"
+        raise PipelineError(f"--gpu {index} asked for, but {have}")
+    return torch.device("cuda", index)
+
+
+@dataclass
+class Encoded:
+    videos: np.ndarray  # [B, D] float32, unit norm
+    frames: np.ndarray  # [B, N, D] float32, unit norm
+
+
+class Encoder:
+    def __init__(self, loaded: LoadedModel, device: torch.device, cpu_threads: int | None = None) -> None:
+        self.model = loaded.model
+        self.device = device
+        pre = loaded.preprocess
+        self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
+        self.cuda = device.type == "cuda"
+        if not self.cuda:
+            torch.set_num_threads(max(1, cpu_threads or (os.cpu_count() or 1)))
+
+    @torch.inference_mode()
+    def encode(self, crops: np.ndarray, per_video: int) -> Encoded:
+        """crops: uint8 [B*N, H, W, 3], N frames of each of B videos in order."""
+        host = torch.from_numpy(crops)
+        if self.cuda:
+            host = host.pin_memory()
+        x = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        x = (x - self.mean) / self.std
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.cuda):
+            f = self.model.encode_image(x)
+        f = torch.nn.functional.normalize(f.float(), dim=-1)
+        f = f.view(-1, per_video, f.shape[-1])
+        v = torch.nn.functional.normalize(f.mean(dim=1), dim=-1)
+        return Encoded(v.cpu().numpy().astype(np.float32), f.cpu().numpy().astype(np.float32))

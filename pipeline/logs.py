@@ -1,0 +1,38 @@
+"""One log file per command under the job's logs/, plus warnings on the terminal.
+
+A day-long run under nohup is read through its log, so the file gets everything
+at INFO with timestamps; the terminal only gets what needs a human now.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def start_log(output_dir: str | os.PathLike[str], command: str) -> Path:
+    logs = Path(output_dir) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    path = logs / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for h in list(root.handlers):
+        if getattr(h, "_pipeline", False):
+            root.removeHandler(h)
+            h.close()
+    file_handler = logging.FileHandler(path, encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter(_FORMAT))
+    file_handler._pipeline = True  # type: ignore[attr-defined]
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING)
+    console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    console._pipeline = True  # type: ignore[attr-defined]
+    root.addHandler(file_handler)
+    root.addHandler(console)
+    logging.getLogger("pipeline").info("%s started: pid %d, argv %s", command, os.getpid(), sys.argv)
+    return path

@@ -1,0 +1,230 @@
+"""The `run` command: claim rows, decode them in workers, encode in batches, commit shards.
+
+One loop in the main process keeps every part busy: it tops up the claimed queue,
+keeps each decode worker's queue full, encodes whenever a batch is ready, commits a
+shard when it is big or old enough, and proves it is alive (heartbeat) so its
+claims are not taken away. Everything it holds but has not committed is given back
+on a clean stop; after a hard kill the next run gives it back (Manifest.reap).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.logs import start_log
+from pipeline.manifest import Claim, Manifest, open_manifest
+from pipeline.progress import RunProgress
+from pipeline.settings import Options
+from pipeline.workers import DecodePool, Result, Task
+from pipeline.writer import ShardWriter
+
+if TYPE_CHECKING:
+    from pipeline.encoder import Encoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    done: int
+    failed: int
+    retried: int
+    seconds: float
+    state: str
+    log_path: Path
+    others_running: int
+
+
+class _Stop:
+    """First SIGINT/SIGTERM asks for a clean stop; a second one ends the process now."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> "_Stop":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.requested:
+            os._exit(128 + signum)  # claims are given back by the next run's reap
+        self.requested = True
+        log.warning("stopping (signal %d): finishing the batch in hand; press Ctrl-C again to quit now", signum)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+def run(opts: Options) -> RunSummary:
+    from pipeline.encoder import Encoder, resolve_device
+    from pipeline.model import load_model
+
+    out = Path(opts.paths.output_dir)
+    manifest = open_manifest(out, opts.paths.db)
+    job = manifest.check_job(opts.asked_job)
+    device = resolve_device(opts.run.gpu)
+    log_path = start_log(out, "run")
+    if opts.run.retry_failed:
+        log.info("retry-failed: %d failed rows back to pending", manifest.reset_failed())
+    loaded = load_model(job, device)
+    stored_dim = manifest.settings().get("dim")
+    if stored_dim is None:
+        manifest.set_setting("dim", str(loaded.dim))
+    elif int(stored_dim) != loaded.dim:
+        raise PipelineError(f"the model now gives {loaded.dim}-d features, the job has {stored_dim}-d ones")
+
+    workers = opts.run.workers()
+    cpu_threads = max(1, (os.cpu_count() or 1) - workers) if device.type == "cpu" else None
+    encoder = Encoder(loaded, device, cpu_threads)
+    run_id = manifest.register_run(str(device), opts.run.batch_size, workers)
+    log.info("run %s on %s: job %s, batch %d, %d decode workers", run_id, device, job, opts.run.batch_size, workers)
+    released = manifest.reap(opts.run.lease_seconds, opts.run.max_claims)
+    if released:
+        log.info("gave back %d rows claimed by runs that are gone", released)
+
+    loop = _Loop(opts, manifest, run_id, encoder, job.num_frames, job.save_frames, out)
+    pool = DecodePool(workers, job.num_frames, loaded.preprocess.geometry)
+    state, message = "crashed", None
+    try:
+        with _Stop() as stop, RunProgress(manifest.counts(), job.num_frames) as progress:
+            loop.progress = progress
+            loop.run(pool, stop)
+            state = "interrupted" if stop.requested else "finished"
+    except PipelineError as e:
+        state, message = "failed", str(e)
+        raise
+    except BaseException as e:
+        message = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        pool.drain()
+        pool.close()
+        back = manifest.release(run_id)
+        manifest.end_run(run_id, state, message)
+        log.info("run %s %s: %d done, %d failed, %d claims given back", run_id, state, loop.done, loop.failed, back)
+    others = manifest.counts()["running"]
+    return RunSummary(run_id, loop.done, loop.failed, loop.retried, time.monotonic() - loop.started, state, log_path, others)
+
+
+class _Loop:
+    def __init__(
+        self, opts: Options, manifest: Manifest, run_id: str, encoder: "Encoder", num_frames: int, save_frames: bool, out: Path
+    ) -> None:
+        self.o = opts.run
+        self.m = manifest
+        self.run_id = run_id
+        self.encoder = encoder
+        self.num_frames = num_frames
+        self.writer = ShardWriter(out / "shards", run_id, save_frames)
+        self.todo: deque[Claim] = deque()
+        self.claimed: dict[int, Claim] = {}
+        self.ready: list[Result] = []
+        self.done = self.failed = self.retried = self.batches = 0
+        self.started = time.monotonic()
+        self.progress: RunProgress | None = None
+
+    # The loop -----------------------------------------------------------------------
+
+    def run(self, pool: DecodePool, stop: _Stop) -> None:
+        beat_every = self.o.lease_seconds / 4
+        last_beat = next_claim = time.monotonic()
+        while not stop.requested:
+            now = time.monotonic()
+            idle = not self.todo and pool.in_flight == 0
+            if len(self.todo) < pool.capacity + self.o.batch_size and (idle or now >= next_claim):
+                got = self.m.claim(self.run_id, max(self.o.batch_size, pool.capacity) * 2, self.o.lease_seconds)
+                if not got and idle and not self.ready and not self.writer:
+                    break  # nothing left to claim and nothing in hand: done
+                next_claim = now + (0.0 if got else 1.0)
+                for c in got:
+                    self.claimed[c.id] = c
+                    self.todo.append(c)
+            while self.todo and pool.capacity > 0:
+                c = self.todo.popleft()
+                pool.submit(Task(c.id, c.path))
+            for res in pool.poll(0.2):
+                self._collect(res)
+            idle = not self.todo and pool.in_flight == 0
+            while len(self.ready) >= self.o.batch_size or (self.ready and idle):
+                self._encode(self.ready[: self.o.batch_size])
+                del self.ready[: self.o.batch_size]
+            if self.writer and (
+                len(self.writer) >= self.o.shard_size or self.writer.age() >= self.o.shard_seconds or idle
+            ):
+                self._commit()
+            if time.monotonic() - last_beat >= beat_every:
+                self.m.heartbeat(self.run_id, self.o.lease_seconds)
+                last_beat = time.monotonic()
+        if stop.requested:
+            self._stop(pool)
+
+    def _collect(self, res: Result) -> None:
+        claim = self.claimed.get(res.video_id)
+        if claim is None:
+            return
+        if res.error is None:
+            self.ready.append(res)
+            return
+        del self.claimed[res.video_id]
+        status = self.m.fail_attempt(self.run_id, res.video_id, res.error, self.o.max_attempts)
+        if status == "failed":
+            self.failed += 1
+            log.warning("failed: %s: %s", claim.path, res.error)
+        else:
+            self.retried += 1
+            log.info("attempt %d failed, will retry: %s: %s", claim.attempts + 1, claim.path, res.error)
+        if self.progress:
+            self.progress.update(self.done, self.failed)
+
+    def _encode(self, batch: list[Result]) -> None:
+        crops = np.concatenate([r.crops for r in batch])
+        enc = self.encoder.encode(crops, self.num_frames)
+        ids = [r.video_id for r in batch]
+        self.writer.add(ids, [self.claimed[i].path for i in ids], [r.n for r in batch], enc.videos, enc.frames)
+        self.batches += 1
+        if self.batches % self.o.log_every == 0:
+            self._log_rate()
+
+    def _commit(self) -> None:
+        record = self.writer.flush()
+        if record is None:
+            return
+        done = self.m.complete(self.run_id, record.name, record.rows, len(record.rows) * self.num_frames)
+        if done < len(record.rows):
+            log.warning("%d rows of shard %s had been claimed by another run", len(record.rows) - done, record.name)
+        for vid, _idx, _n in record.rows:
+            self.claimed.pop(vid, None)
+        self.done += done
+        if self.progress:
+            self.progress.update(self.done, self.failed)
+
+    def _stop(self, pool: DecodePool) -> None:
+        """Commit what is encoded, give back everything else: nothing partial is written."""
+        self._commit()
+        lost = pool.drain()
+        back = self.m.release(self.run_id)
+        log.warning("stopped: %d videos committed this run, %d claims given back (%d were decoding)",
+                    self.done, back, len(lost))
+
+    def _log_rate(self) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        vps = self.done / elapsed
+        log.info(
+            "batch %d: %d videos done, %d failed, %.2f videos/s, %.1f frames/s",
+            self.batches, self.done, self.failed, vps, vps * self.num_frames,
+        )

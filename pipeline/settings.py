@@ -1,0 +1,215 @@
+"""Every option of every command, its default, and how a config file and the CLI combine.
+
+Options split in two kinds. Job settings decide what a feature *is* (model, weights,
+frames, sampling, per-frame output); they are fixed by the job's first scan and any
+later command that asks for something else is refused, so one output never mixes
+two definitions. Run settings only decide how fast or where a run goes and may change
+from run to run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import PipelineError
+
+DEFAULT_EXTENSIONS = (
+    "mp4 m4v mov mkv webm avi flv wmv mpg mpeg ts mts m2ts 3gp dv ogv gif"
+).split()
+
+SAMPLING_MODES = ("exact",)
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What a feature is. Recorded in the manifest by the first scan."""
+
+    model: str = "ViT-B-32"
+    pretrained: str = "openai"
+    num_frames: int = 8
+    sampling: str = "exact"
+    save_frames: bool = False
+
+    def as_strings(self) -> dict[str, str]:
+        return {f.name: _to_text(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_strings(cls, values: dict[str, str]) -> "JobSettings":
+        kwargs = {}
+        for f in fields(cls):
+            if f.name in values:
+                kwargs[f.name] = _coerce(f.name, values[f.name], type(getattr(cls(), f.name)))
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How one run goes. Free to change between runs of the same job."""
+
+    gpu: str = "auto"
+    batch_size: int = 64
+    num_workers: int = 0  # 0: one decode worker per core
+    max_attempts: int = 2
+    max_claims: int = 10
+    lease_seconds: float = 300.0
+    shard_size: int = 512
+    shard_seconds: float = 60.0
+    log_every: int = 100
+    retry_failed: bool = False
+
+    def workers(self) -> int:
+        return self.num_workers if self.num_workers > 0 else max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where the job lives. Not part of the job's identity."""
+
+    output_dir: str = "features"
+    db: str | None = None
+    video_dir: str | None = None
+    extensions: tuple[str, ...] = tuple(DEFAULT_EXTENSIONS)
+
+
+_SECTIONS = (JobSettings, RunSettings, Paths)
+_KNOWN: dict[str, type] = {
+    f.name: type(getattr(cls(), f.name)) if getattr(cls(), f.name) is not None else str
+    for cls in _SECTIONS
+    for f in fields(cls)
+}
+# Keys that are command-specific but may sit in a shared config file.
+_EXTRA_KEYS = {"format": str}
+
+
+@dataclass(frozen=True)
+class Options:
+    job: JobSettings
+    run: RunSettings
+    paths: Paths
+    asked_job: dict[str, Any]  # job settings the user asked for explicitly
+    extra: dict[str, Any]
+
+
+def _to_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """Turn a config/CLI value into the option's type, or say in one line why not."""
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("true", "yes", "1", "on"):
+                return True
+            if text in ("false", "no", "0", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind is tuple:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(i).strip().lstrip(".").lower() for i in items if str(i).strip())
+        if isinstance(value, (dict, list)):
+            raise ValueError
+        return str(value)
+    except (TypeError, ValueError):
+        raise PipelineError(f"option '{key}' must be {kind.__name__}, got {value!r}") from None
+
+
+def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML config whose keys are the CLI's option names (dashes or underscores)."""
+    p = Path(path)
+    if not p.is_file():
+        raise PipelineError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise PipelineError(f"config file {p} is not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise PipelineError(f"config file {p} must be a mapping of option: value")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in _KNOWN and name not in _EXTRA_KEYS:
+            raise PipelineError(f"config file {p}: unknown option '{key}'")
+        out[name] = value
+    return out
+
+
+def _normalise_job_value(key: str, value: Any) -> Any:
+    """Local files are recorded by absolute path so a relative and an absolute spelling agree."""
+    if key in ("model", "pretrained") and isinstance(value, str):
+        if value.lower() == "none" and key == "pretrained":
+            return "none"
+        p = Path(value).expanduser()
+        if p.exists() or value.endswith((".json", ".pt", ".pth", ".bin", ".safetensors")):
+            if not p.exists():
+                raise PipelineError(f"{key} file not found: {value}")
+            return str(p.resolve())
+    return value
+
+
+def resolve(cli: dict[str, Any], config: str | None = None) -> Options:
+    """Merge defaults < config file < command line into validated settings."""
+    given: dict[str, Any] = {}
+    if config:
+        given.update(load_config(config))
+    given.update({k: v for k, v in cli.items() if v is not None})
+
+    typed: dict[str, Any] = {}
+    for key, value in given.items():
+        kind = _KNOWN.get(key) or _EXTRA_KEYS.get(key) or str
+        typed[key] = _coerce(key, value, kind)
+
+    asked_job = {}
+    for f in fields(JobSettings):
+        if f.name in typed:
+            typed[f.name] = _normalise_job_value(f.name, typed[f.name])
+            asked_job[f.name] = typed[f.name]
+
+    def build(cls):
+        return cls(**{f.name: typed[f.name] for f in fields(cls) if f.name in typed})
+
+    opts = Options(
+        job=build(JobSettings),
+        run=build(RunSettings),
+        paths=build(Paths),
+        asked_job=asked_job,
+        extra={k: v for k, v in typed.items() if k in _EXTRA_KEYS},
+    )
+    _validate(opts)
+    return opts
+
+
+def _validate(o: Options) -> None:
+    if o.job.num_frames < 1:
+        raise PipelineError(f"num_frames must be at least 1, got {o.job.num_frames}")
+    if o.job.sampling not in SAMPLING_MODES:
+        raise PipelineError(f"sampling must be one of {', '.join(SAMPLING_MODES)}, got {o.job.sampling!r}")
+    if o.run.batch_size < 1:
+        raise PipelineError(f"batch_size must be at least 1, got {o.run.batch_size}")
+    if o.run.num_workers < 0:
+        raise PipelineError(f"num_workers must be 0 (auto) or more, got {o.run.num_workers}")
+    if o.run.max_attempts < 1 or o.run.max_claims < 1:
+        raise PipelineError("max_attempts and max_claims must be at least 1")
+    if o.run.lease_seconds <= 0 or o.run.shard_size < 1 or o.run.shard_seconds <= 0:
+        raise PipelineError("lease_seconds, shard_size and shard_seconds must be positive")
+    if not o.paths.extensions:
+        raise PipelineError("extensions must name at least one file extension")

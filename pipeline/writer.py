@@ -1,0 +1,128 @@
+"""Stage 4: collect encoded batches into shard files and commit them durably.
+
+Commit order (docs/design/commit-order.md): every file of a shard is written under a
+temporary name, fsynced and renamed, the directory is fsynced, and only then does the
+manifest mark the shard's rows done, in one transaction recording each row's shard
+and position. A crash before that transaction leaves a shard no row points to, which
+nothing ever reads; a crash after it leaves a complete shard.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+
+@dataclass
+class ShardRecord:
+    name: str
+    rows: list[tuple[int, int, int]]  # (video id, index in shard, frames in stream)
+
+
+@dataclass
+class _Pending:
+    ids: list[int] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    videos: list[np.ndarray] = field(default_factory=list)
+    frames: list[np.ndarray] = field(default_factory=list)
+    opened: float = field(default_factory=time.monotonic)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary name, fsync, rename: readers see all of it or nothing."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+class ShardWriter:
+    """Buffers encoded videos; `flush` writes one shard and returns what to commit."""
+
+    def __init__(self, shards_dir: Path, writer_id: str, save_frames: bool) -> None:
+        self.dir = shards_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.writer_id = writer_id
+        self.save_frames = save_frames
+        self.seq = 0
+        self.pending = _Pending()
+
+    def __len__(self) -> int:
+        return len(self.pending.ids)
+
+    def age(self) -> float:
+        return time.monotonic() - self.pending.opened if self.pending.ids else 0.0
+
+    def add(self, ids: list[int], paths: list[str], counts: list[int], videos: np.ndarray, frames: np.ndarray) -> None:
+        p = self.pending
+        if not p.ids:
+            p.opened = time.monotonic()
+        p.ids += ids
+        p.paths += paths
+        p.counts += counts
+        p.videos.append(videos)
+        if self.save_frames:
+            p.frames.append(frames)
+
+    def drop(self) -> list[int]:
+        """Forget buffered videos (a stop that abandons them); their claims go back."""
+        ids, self.pending = self.pending.ids, _Pending()
+        return ids
+
+    def flush(self) -> ShardRecord | None:
+        p = self.pending
+        if not p.ids:
+            return None
+        self.seq += 1
+        name = f"{self.writer_id}-{self.seq:05d}"
+        videos = np.concatenate(p.videos).astype(np.float32, copy=False)
+        sidecar = {
+            "shard": name,
+            "videos": [{"id": i, "path": path, "index": k} for k, (i, path) in enumerate(zip(p.ids, p.paths))],
+            "dim": int(videos.shape[1]),
+            "frames_file": f"{name}.frames.npy" if self.save_frames else None,
+        }
+        try:
+            atomic_write(self.dir / f"{name}.npy", npy_bytes(videos))
+            if self.save_frames:
+                atomic_write(self.dir / f"{name}.frames.npy", npy_bytes(np.concatenate(p.frames).astype(np.float32)))
+            atomic_write(self.dir / f"{name}.json", json.dumps(sidecar, ensure_ascii=False).encode())
+            fsync_dir(self.dir)
+        except OSError as e:
+            for suffix in (".npy", ".frames.npy", ".json"):
+                (self.dir / f"{name}{suffix}").unlink(missing_ok=True)
+            what = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+            raise PipelineError(f"cannot write shards to {self.dir}: {what}") from None
+        record = ShardRecord(name, [(i, k, c) for k, (i, c) in enumerate(zip(p.ids, p.counts))])
+        self.pending = _Pending()
+        return record
