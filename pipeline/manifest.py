@@ -351,11 +351,15 @@ class Manifest:
         )
 
     def heartbeat(self, run_id: str, lease_seconds: float) -> None:
-        """Prove this run is alive and extend its claims."""
+        """Prove this run is alive and extend its claims.
+
+        A run that was only stalled (and so declared dead, its claims taken) is alive
+        again: it says so, and goes on with whatever it claims next.
+        """
         now = time.time()
 
         def beat(conn: Connection) -> None:
-            conn.execute(update(runs).where(runs.c.id == run_id).values(heartbeat_at=now))
+            conn.execute(update(runs).where(runs.c.id == run_id).values(heartbeat_at=now, state="running", ended_at=None))
             conn.execute(
                 update(videos)
                 .where(and_(videos.c.owner == run_id, videos.c.status == "running"))
