@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from typing import Annotated, Any, Optional
 
-import click
 import typer
 
 from pipeline.errors import PipelineError
@@ -18,6 +17,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
+    rich_markup_mode=None,
     help="Batch CLIP feature extraction for large video collections, as a resumable job.",
 )
 
@@ -142,14 +142,16 @@ def main(argv: list[str] | None = None) -> int:
         app(args=argv, standalone_mode=False, prog_name="cli.py")
     except typer.Exit as e:
         return e.exit_code
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.exceptions.UsageError as e:
-        print(f"error: {e.format_message()} (see --help)", file=sys.stderr)
-        return 2
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("error: aborted", file=sys.stderr)
         return 130
+    except typer.TyperException as e:  # typer's own click: usage errors and bad values
+        if type(e).__name__ == "NoArgsIsHelpError":
+            print(e.format_message())
+            return 0
+        message = " ".join(e.format_message().split())
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        return 2
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

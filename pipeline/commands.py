@@ -20,10 +20,12 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def scan(opts: Options) -> None:
+    from pipeline.model import check_weights
     from pipeline.scanner import scan as scan_dir
 
     if not opts.paths.video_dir:
         raise PipelineError("scan needs --video-dir DIR")
+    check_weights(opts.job)
     manifest = open_manifest(opts.paths.output_dir, opts.paths.db, create=True)
     start_log(opts.paths.output_dir, "scan")
     job = manifest.create_job(opts.job, opts.asked_job)

@@ -30,6 +30,7 @@ def start_log(output_dir: str | os.PathLike[str], command: str) -> Path:
     file_handler._pipeline = True  # type: ignore[attr-defined]
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.WARNING)
+    console.addFilter(lambda record: record.name.startswith("pipeline"))  # libraries: file only
     console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     console._pipeline = True  # type: ignore[attr-defined]
     root.addHandler(file_handler)

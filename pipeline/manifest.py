@@ -40,7 +40,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from pipeline.errors import PipelineError
-from pipeline.settings import JobSettings
+from pipeline.settings import JobSettings, to_text
 
 SCHEMA_SQL = Path(__file__).resolve().parent.parent / "schema.sql"
 DB_FILENAME = "manifest.sqlite"
@@ -552,7 +552,7 @@ def _check_same(existing: JobSettings, asked: dict[str, Any]) -> None:
         have = getattr(existing, key)
         if have != value:
             raise PipelineError(
-                f"this job was created with {key}={have}, not {value}: "
+                f"this job was created with {key}={to_text(have)}, not {to_text(value)}: "
                 f"use another --output-dir for different settings"
             )
 

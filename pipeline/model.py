@@ -21,6 +21,29 @@ from pipeline.settings import JobSettings
 log = logging.getLogger(__name__)
 
 RANDOM_WEIGHTS_SEED = 0
+HUB_HOST = ("huggingface.co", 443)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Can the model hub be reached at all? Asked once, in seconds rather than minutes."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _go_offline_if_unreachable() -> None:
+    """Without this, huggingface_hub retries for about a minute before using its cache."""
+    import huggingface_hub.constants as hub
+
+    if not hub.HF_HUB_OFFLINE and not hub_reachable():
+        log.info("model hub unreachable: using cached weights only")
+        hub.HF_HUB_OFFLINE = True
 
 
 @dataclass
@@ -46,9 +69,12 @@ def _model_name(model: str) -> str:
     return model
 
 
-def load_model(job: JobSettings, device: Any = "cpu") -> LoadedModel:
+def check_weights(job: JobSettings) -> tuple[str, str | None, dict[str, Any]]:
+    """Resolve (model name, pretrained, create kwargs) without loading anything.
+
+    `scan` calls this so a typo is refused when the job is created, not hours later.
+    """
     import open_clip
-    import torch
 
     name = _model_name(job.model)
     pretrained: str | None = None if job.pretrained.lower() == "none" else job.pretrained
@@ -63,7 +89,16 @@ def load_model(job: JobSettings, device: Any = "cpu") -> LoadedModel:
         # OpenAI's weights were trained with QuickGELU; building without it gives wrong features.
         if tag_cfg.get("quick_gelu"):
             kwargs["force_quick_gelu"] = True
+    return name, pretrained, kwargs
 
+
+def load_model(job: JobSettings, device: Any = "cpu") -> LoadedModel:
+    import open_clip
+    import torch
+
+    name, pretrained, kwargs = check_weights(job)
+    if pretrained and not os.path.isfile(pretrained):
+        _go_offline_if_unreachable()
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
@@ -73,7 +108,8 @@ def load_model(job: JobSettings, device: Any = "cpu") -> LoadedModel:
     except PipelineError:
         raise
     except Exception as e:  # download failures, bad checkpoints: one line for the user
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = " ".join(str(e).split()) or type(e).__name__
+        first = text if len(text) <= 200 else text[:197] + "..."
         if pretrained and not os.path.isfile(pretrained):
             raise PipelineError(
                 f"cannot get pretrained weights '{pretrained}' for {name} ({first}); offline, "

@@ -58,6 +58,8 @@ def walk_videos(root: Path, extensions: tuple[str, ...], errors: list[str]) -> I
                 if os.path.splitext(entry.name)[1].lower() not in exts:
                     continue
                 if not entry.is_file(follow_symlinks=True):
+                    if entry.is_symlink() and not os.path.exists(entry.path):
+                        errors.append(f"{entry.path}: dangling symlink")
                     continue
                 st = entry.stat(follow_symlinks=True)
             except OSError as e:  # dangling symlink, permission denied
@@ -70,7 +72,7 @@ def scan(manifest: Manifest, video_dir: str, extensions: tuple[str, ...]) -> Sca
     root = Path(video_dir).expanduser()
     if not root.is_dir():
         raise PipelineError(f"video directory not found: {video_dir}")
-    root = root.absolute()
+    root = Path(os.path.abspath(root))  # absolute, ".." collapsed, symlinks kept as named
     errors: list[str] = []
     found = {p: (s, m) for p, s, m in walk_videos(root, extensions, errors)}
     for e in errors:

@@ -36,7 +36,7 @@ class JobSettings:
     save_frames: bool = False
 
     def as_strings(self) -> dict[str, str]:
-        return {f.name: _to_text(getattr(self, f.name)) for f in fields(self)}
+        return {f.name: to_text(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_strings(cls, values: dict[str, str]) -> "JobSettings":
@@ -95,7 +95,7 @@ class Options:
     extra: dict[str, Any]
 
 
-def _to_text(value: Any) -> str:
+def to_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)

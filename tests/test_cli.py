@@ -1,0 +1,105 @@
+"""Command lines and configs: one-line errors, flags from a config file, fixed job settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli, model_args, status_json
+
+
+def one_line_error(proc) -> str:
+    assert proc.returncode != 0, proc
+    err = proc.stderr.strip()
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line, got:\n{err}"
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["run", "--bogus"], "No such option"),
+        (["scan", "--num-frames", "many"], "--num-frames"),
+        (["frobnicate"], "No such command"),
+        (["scan", "--output-dir", "{tmp}/j"], "needs --video-dir"),
+        (["scan", "--video-dir", "{tmp}/nowhere", "--output-dir", "{tmp}/j"], "video directory not found"),
+        (["scan", "--video-dir", "{tmp}", "--num-frames", "0", "--output-dir", "{tmp}/j"], "num_frames"),
+        (["scan", "--video-dir", "{tmp}", "--model", "ViT-Nope", "--output-dir", "{tmp}/j"], "unknown model"),
+        (["scan", "--video-dir", "{tmp}", "--pretrained", "no-such-tag", "--output-dir", "{tmp}/j"], "neither a local file"),
+        (["scan", "--video-dir", "{tmp}", "--pretrained", "{tmp}/missing.pt", "--output-dir", "{tmp}/j"], "not found"),
+        (["run", "--output-dir", "{tmp}/nojob"], "no job in"),
+        (["status", "--output-dir", "{tmp}/nojob"], "no job in"),
+        (["export", "--output-dir", "{tmp}/nojob"], "no job in"),
+        (["scan", "--video-dir", "{tmp}", "--config", "{tmp}/missing.yaml"], "config file not found"),
+        (["run", "--batch-size", "0", "--output-dir", "{tmp}/j"], "batch_size"),
+    ],
+)
+def test_bad_command_lines_get_one_line(tmp_path: Path, args: list[str], words: str) -> None:
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    line = one_line_error(cli(*args, check=False))
+    assert words in line
+    if "{tmp}/j" in " ".join(args):
+        assert not (tmp_path / "j" / "manifest.sqlite").exists(), "a refused command created a job"
+
+
+def test_bad_configs(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    for text, words in (("num_frames: [1, 2\n", "not valid YAML"), ("colour: blue\n", "unknown option 'colour'"),
+                        ("- a\n- b\n", "must be a mapping"), ("batch_size: lots\n", "batch_size")):
+        bad.write_text(text)
+        assert words in one_line_error(cli("scan", "--video-dir", str(tmp_path), "--config", str(bad), check=False))
+
+
+def test_config_file_and_cli_precedence(tmp_path: Path, corpus: Path, tiny_model) -> None:
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(
+        f"video-dir: {corpus}\noutput_dir: {tmp_path / 'out'}\nmodel: {tiny_model['model']}\n"
+        f"pretrained: {tiny_model['pretrained']}\nnum_frames: 4\nsave_frames: true\n"
+    )
+    cli("scan", "--config", str(cfg), "--num_frames", "6")  # the flag wins over the file
+    s = status_json(tmp_path / "out")["settings"]
+    assert (s["num_frames"], s["save_frames"], s["model"]) == ("6", "true", tiny_model["model"])
+
+
+def test_job_settings_are_fixed_by_the_first_scan(tmp_path: Path, corpus: Path, tiny_model) -> None:
+    out = str(tmp_path / "out")
+    cli("scan", "--video-dir", str(corpus), "--output-dir", out, *model_args(tiny_model), "--num-frames", "8")
+    line = one_line_error(cli("scan", "--video-dir", str(corpus), "--output-dir", out, "--num-frames", "4", check=False))
+    assert "num_frames=8" in line and "not 4" in line
+    line = one_line_error(cli("run", "--output-dir", out, "--save-frames", check=False))
+    assert "save_frames=false" in line
+    # A relative spelling of the same checkpoint is the same setting.
+    rel = os.path.relpath(tiny_model["pretrained"], tmp_path)
+    cli("scan", "--video-dir", str(corpus), "--output-dir", out, "--pretrained", rel, cwd=tmp_path)
+    # Run-time settings may change freely: no error for a different batch size.
+    cli("scan", "--video-dir", str(corpus), "--output-dir", out)
+
+
+def test_gpu_that_is_not_there(tmp_path: Path, corpus: Path, tiny_model) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = str(tmp_path / "out")
+    cli("scan", "--video-dir", str(corpus), "--output-dir", out, *model_args(tiny_model))
+    assert "no CUDA GPU" in one_line_error(cli("run", "--output-dir", out, "--gpu", "0", check=False))
+    assert "--gpu must be" in one_line_error(cli("run", "--output-dir", out, "--gpu", "tpu", check=False))
+
+
+def test_pretrained_tag_offline_says_so_in_one_line(tmp_path: Path, corpus: Path) -> None:
+    out = str(tmp_path / "out")
+    cli("scan", "--video-dir", str(corpus), "--output-dir", out)  # defaults: ViT-B-32, openai
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    proc = cli("run", "--output-dir", out, "--gpu", "cpu", check=False, env=env)
+    line = one_line_error(proc)
+    assert "cannot get pretrained weights 'openai'" in line and "--pretrained none" in line
+
+
+def test_help_mentions_pickle_trust() -> None:
+    out = cli("export", "--help").stdout
+    assert "trusted" in out

@@ -1,0 +1,73 @@
+"""Bad videos end `failed` with their reason after bounded attempts; the run goes on."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.samples import Spec, make_video
+from tests.conftest import cli, model_args, status_json
+
+RUN = ["--gpu", "cpu", "--num-workers", "2", "--batch-size", "2"]
+
+
+def test_attempts_are_bounded_and_retry_failed_works(tmp_path: Path, tiny_model) -> None:
+    src = tmp_path / "v"
+    make_video(src / "good.mp4", Spec("good.mp4", frames=12, width=64, height=48))
+    make_video(src / "will_vanish.mp4", Spec("w.mp4", frames=12, width=64, height=48))
+    good_mkv = make_video(tmp_path / "good.mkv", Spec("good.mkv", frames=40, width=64, height=48))
+    data = good_mkv.read_bytes()
+    (src / "truncated.mkv").write_bytes(data[: len(data) // 2])  # opens, then runs out mid-stream
+    (src / "text.avi").write_text("hello")
+    out = tmp_path / "out"
+    cli("scan", "--video-dir", str(src), "--output-dir", str(out), *model_args(tiny_model))
+    (src / "will_vanish.mp4").unlink()  # vanished between scan and run
+    proc = cli("run", "--output-dir", str(out), *RUN, "--max-attempts", "3")
+    st = status_json(out)
+    assert (st["done"], st["failed"]) == (2, 2), st  # the truncated mkv still gives its decodable frames
+    reasons = {Path(f["path"]).name: f["error"] for f in st["failures"]}
+    assert "not found" in reasons["will_vanish.mp4"]
+    assert "cannot open" in reasons["text.avi"]
+    with sqlite3.connect(out / "manifest.sqlite") as c:
+        attempts = dict(c.execute("SELECT path, attempts FROM videos WHERE status='failed'").fetchall())
+    assert set(attempts.values()) == {3}
+    assert "failed:" in proc.stderr
+
+    make_video(src / "will_vanish.mp4", Spec("w.mp4", frames=12, width=64, height=48))  # it is back
+    cli("run", "--output-dir", str(out), *RUN, "--retry-failed")
+    st = status_json(out)
+    assert (st["done"], st["failed"]) == (3, 1)
+    assert [Path(f["path"]).name for f in st["failures"]] == ["text.avi"]
+
+
+def test_newline_in_a_file_name_keeps_export_aligned(tmp_path: Path, tiny_model) -> None:
+    src = tmp_path / "v"
+    names = ["plain.mp4", "two\nlines.mp4", "back\\slash\r.mp4"]
+    for i, name in enumerate(names):
+        make_video(src / name, Spec("x.mp4", frames=5 + i, width=48, height=32))
+    out = tmp_path / "out"
+    cli("extract", "--video-dir", str(src), "--output-dir", str(out), *model_args(tiny_model), *RUN)
+    feats = np.load(out / "features.npy")
+    lines = (out / "video_paths.txt").read_text().split("\n")[:-1]
+    assert len(lines) == feats.shape[0] == 3
+    decoded = [line.replace("\\r", "\r").replace("\\n", "\n").replace("\\\\", "\\") if "\\n" in line or "\\r" in line else line
+               for line in lines]
+    assert sorted(decoded) == sorted(str(src / n) for n in names)
+    cli("export", "--output-dir", str(out), "--format", "pkl")
+    import pickle
+
+    with open(out / "features.pkl", "rb") as fh:
+        data = pickle.load(fh)
+    assert sorted(data["video_paths"]) == sorted(str(src / n) for n in names)
+    assert np.array_equal(data["features"], feats)
+
+
+def test_empty_job_exports_empty_arrays(tmp_path: Path, tiny_model) -> None:
+    src = tmp_path / "empty"
+    src.mkdir()
+    out = tmp_path / "out"
+    cli("extract", "--video-dir", str(src), "--output-dir", str(out), *model_args(tiny_model), *RUN)
+    assert np.load(out / "features.npy").shape == (0, 512)
+    assert (out / "video_paths.txt").read_text() == ""

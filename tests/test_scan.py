@@ -1,0 +1,102 @@
+"""The scanner: what it registers, how a rescan diffs, and how fast it is."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.reader import load_features
+from pipeline.samples import Spec, make_video
+from tests.conftest import cli, model_args, status_json
+
+
+def rows(out: Path) -> dict[str, str]:
+    with sqlite3.connect(out / "manifest.sqlite") as c:
+        return {p: s for p, s in c.execute("SELECT path, status FROM videos")}
+
+
+def test_registers_recursively_case_insensitive_with_symlinks(tmp_path: Path, tiny_model) -> None:
+    src = tmp_path / "videos"
+    make_video(src / "a" / "b" / "deep.mp4", Spec("deep.mp4", frames=3, width=32, height=32))
+    make_video(src / "UPPER.MKV", Spec("UPPER.MKV", frames=3, width=32, height=32))
+    (src / "notes.txt").write_text("not a video")
+    (src / "clip.MOV").write_bytes(b"")  # registered by name; fails at run time with its reason
+    outside = tmp_path / "elsewhere"
+    make_video(outside / "linked_target.webm", Spec("t.webm", frames=3, width=32, height=32, codec="libvpx-vp9"))
+    os.symlink(outside / "linked_target.webm", src / "linked.webm")
+    os.symlink(outside, src / "linked_dir")
+    os.symlink(src, src / "a" / "loop")  # a symlink loop must not hang the scan
+    os.symlink(tmp_path / "gone.mp4", src / "dangling.mp4")
+    out = tmp_path / "out"
+    proc = cli("scan", "--video-dir", str(src), "--output-dir", str(out), *model_args(tiny_model), timeout=60)
+    names = sorted(Path(p).name for p in rows(out))
+    assert names == ["UPPER.MKV", "clip.MOV", "deep.mp4", "linked.webm", "linked_target.webm"]
+    assert "unreadable" in proc.stderr  # the dangling link is reported, not fatal
+
+
+def test_custom_extensions(tmp_path: Path, tiny_model) -> None:
+    src = tmp_path / "v"
+    src.mkdir()
+    for name in ("a.mp4", "b.xyz", "c.XYZ"):
+        (src / name).write_bytes(b"x")
+    out = tmp_path / "out"
+    cli("scan", "--video-dir", str(src), "--output-dir", str(out), "--extensions", "xyz,.foo", *model_args(tiny_model))
+    assert sorted(Path(p).name for p in rows(out)) == ["b.xyz", "c.XYZ"]
+
+
+def test_rescan_adds_changes_vanishes_and_restores(tmp_path: Path, tiny_model) -> None:
+    src = tmp_path / "v"
+    for i in range(4):
+        make_video(src / f"v{i}.mp4", Spec(f"v{i}.mp4", frames=10 + i, width=64, height=48))
+    out = tmp_path / "out"
+    scan = ["scan", "--video-dir", str(src), "--output-dir", str(out), *model_args(tiny_model)]
+    run = ["run", "--output-dir", str(out), "--gpu", "cpu", "--num-workers", "1"]
+    cli(*scan)
+    cli(*run)
+    before = load_features(out)
+    assert len(before.paths) == 4
+
+    assert "0 new, 0 changed, 0 vanished" in cli(*scan).stderr  # idempotent
+    make_video(src / "v4.mp4", Spec("v4.mp4", frames=9, width=64, height=48))
+    make_video(src / "v1.mp4", Spec("v1.mp4", frames=25, width=80, height=48))  # new content, same name
+    moved = tmp_path / "v2.mp4"
+    shutil.move(src / "v2.mp4", moved)
+    assert "1 new, 1 changed, 1 vanished" in cli(*scan).stderr
+    st = rows(out)
+    assert st[str(src / "v4.mp4")] == "pending" and st[str(src / "v1.mp4")] == "pending"
+    assert st[str(src / "v2.mp4")] == "missing" and st[str(src / "v0.mp4")] == "done"
+
+    cli(*run)
+    after = load_features(out)
+    assert sorted(Path(p).name for p in after.paths) == ["v0.mp4", "v1.mp4", "v3.mp4", "v4.mp4"]
+    old_v1 = before.features[before.paths.index(str(src / "v1.mp4"))]
+    new_v1 = after.features[after.paths.index(str(src / "v1.mp4"))]
+    assert not np.allclose(old_v1, new_v1), "the stale feature of a changed file was kept"
+
+    shutil.move(moved, src / "v2.mp4")  # back, unchanged: its feature is back without a run
+    assert "1 back" in cli(*scan).stderr
+    assert status_json(out)["done"] == 5 and status_json(out)["pending"] == 0
+
+
+def test_scan_of_100k_files_is_fast(tmp_path: Path, tiny_model) -> None:
+    src = tmp_path / "many"
+    for d in range(100):
+        folder = src / f"d{d:03d}"
+        folder.mkdir(parents=True)
+        for i in range(1000):
+            (folder / f"clip{i:04d}.mp4").touch()
+    out = tmp_path / "out"
+    started = time.monotonic()
+    cli("scan", "--video-dir", str(src), "--output-dir", str(out), *model_args(tiny_model), timeout=120)
+    first = time.monotonic() - started
+    started = time.monotonic()
+    cli("scan", "--video-dir", str(src), "--output-dir", str(out), timeout=120)
+    again = time.monotonic() - started
+    print(f"100,000 files: first scan {first:.1f} s, rescan {again:.1f} s")
+    assert status_json(out)["total"] == 100_000
+    assert first < 60 and again < 60
