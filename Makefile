@@ -1,0 +1,30 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DEMO   := demo
+
+.PHONY: venv demo test test-fast bench clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	rm -rf $(DEMO)
+	$(BIN)/python -m pipeline.demo prepare $(DEMO)
+	$(BIN)/python cli.py scan --video-dir $(DEMO)/videos --output-dir $(DEMO)/features --pretrained $$(cat $(DEMO)/pretrained.txt)
+	$(BIN)/python cli.py run --output-dir $(DEMO)/features
+	$(BIN)/python cli.py status --output-dir $(DEMO)/features
+	$(BIN)/python cli.py export --output-dir $(DEMO)/features --format npy
+	$(BIN)/python -m pipeline.demo show $(DEMO)/features
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(DEMO) features .pytest_cache
