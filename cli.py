@@ -139,7 +139,8 @@ def extract(
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        app(args=argv, standalone_mode=False, prog_name="cli.py")
+        code = app(args=argv, standalone_mode=False, prog_name="cli.py")
+        return code if isinstance(code, int) else 0  # without standalone mode, Exit is returned
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:
@@ -155,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

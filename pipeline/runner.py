@@ -147,9 +147,11 @@ class _Loop:
             now = time.monotonic()
             idle = not self.todo and pool.in_flight == 0
             if len(self.todo) < pool.capacity + self.o.batch_size and (idle or now >= next_claim):
-                got = self.m.claim(self.run_id, max(self.o.batch_size, pool.capacity) * 2, self.o.lease_seconds)
+                got = self._claim(pool)
                 if not got and idle and not self.ready and not self.writer:
-                    break  # nothing left to claim and nothing in hand: done
+                    # Before calling it done, take back what dead runs left behind.
+                    if not self.m.reap(self.o.lease_seconds, self.o.max_claims) or not (got := self._claim(pool)):
+                        break
                 next_claim = now + (0.0 if got else 1.0)
                 for c in got:
                     self.claimed[c.id] = c
@@ -169,9 +171,13 @@ class _Loop:
                 self._commit()
             if time.monotonic() - last_beat >= beat_every:
                 self.m.heartbeat(self.run_id, self.o.lease_seconds)
+                self.m.reap(self.o.lease_seconds, self.o.max_claims)
                 last_beat = time.monotonic()
         if stop.requested:
             self._stop(pool)
+
+    def _claim(self, pool: DecodePool) -> list[Claim]:
+        return self.m.claim(self.run_id, max(self.o.batch_size, pool.capacity) * 2, self.o.lease_seconds)
 
     def _collect(self, res: Result) -> None:
         claim = self.claimed.get(res.video_id)

@@ -7,6 +7,7 @@ once and the same features as an uninterrupted run.
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import sqlite3
@@ -127,4 +128,33 @@ def test_stalled_run_loses_its_claims_and_commits_nothing_stale(tmp_path: Path, 
     finally:
         if slow.poll() is None:
             kill_group(slow)
+    assert_complete(out, uninterrupted)
+
+
+def test_surviving_run_takes_over_a_killed_siblings_rows(tmp_path: Path, many: Path, tiny_model, uninterrupted) -> None:
+    out = new_job(tmp_path, "job", many, tiny_model)
+    db = out / "manifest.sqlite"
+    a = start_cli("run", "--output-dir", str(out), *RUN_ARGS, "--num-workers", "1", log=tmp_path / "a.log")
+    b = start_cli("run", "--output-dir", str(out), *RUN_ARGS, "--num-workers", "1", log=tmp_path / "b.log")
+    assert wait_until(lambda: done_count(db) >= 4, timeout=120, interval=0.05)
+    kill_group(b)
+    assert a.wait(timeout=300) == 0, (tmp_path / "a.log").read_text()
+    assert_complete(out, uninterrupted)  # nothing left 'running' under the dead sibling
+
+
+def test_ctrl_c_stops_cleanly_and_gives_back_claims(tmp_path: Path, many: Path, tiny_model, uninterrupted) -> None:
+    out = new_job(tmp_path, "job", many, tiny_model)
+    db = out / "manifest.sqlite"
+    proc = start_cli("run", "--output-dir", str(out), *RUN_ARGS, log=tmp_path / "run.log")
+    assert wait_until(lambda: done_count(db) >= 2, timeout=120, interval=0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C reaches the whole group
+    started = time.monotonic()
+    assert proc.wait(timeout=30) == 130
+    assert time.monotonic() - started < 10
+    st = status_json(out)
+    assert st["running"] == 0 and st["done"] < N_VIDEOS and st["done"] + st["pending"] == N_VIDEOS
+    log = (tmp_path / "run.log").read_text()
+    assert "run the same command again to resume" in log
+    assert not list((out / "shards").glob("*.tmp"))
+    cli("run", "--output-dir", str(out), *RUN_ARGS)
     assert_complete(out, uninterrupted)
