@@ -12,7 +12,7 @@ from rich.console import Console
 
 from pipeline.errors import PipelineError
 from pipeline.logs import start_log
-from pipeline.manifest import open_manifest
+from pipeline.manifest import job_exists, open_manifest
 from pipeline.settings import Options
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,8 @@ def scan(opts: Options) -> None:
 
     if not opts.paths.video_dir:
         raise PipelineError("scan needs --video-dir DIR")
-    check_weights(opts.job)
+    if opts.asked_job or not job_exists(opts.paths.output_dir, opts.paths.db):
+        check_weights(opts.job)  # refuse a typo before the job exists, not hours later
     manifest = open_manifest(opts.paths.output_dir, opts.paths.db, create=True)
     start_log(opts.paths.output_dir, "scan")
     job = manifest.create_job(opts.job, opts.asked_job)

@@ -15,6 +15,18 @@ from pathlib import Path
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now, so rich's live bar can print it above itself."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
 def start_log(output_dir: str | os.PathLike[str], command: str) -> Path:
     logs = Path(output_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -28,7 +40,7 @@ def start_log(output_dir: str | os.PathLike[str], command: str) -> Path:
     file_handler = logging.FileHandler(path, encoding="utf-8")
     file_handler.setFormatter(logging.Formatter(_FORMAT))
     file_handler._pipeline = True  # type: ignore[attr-defined]
-    console = logging.StreamHandler(sys.stderr)
+    console = _CurrentStderr()
     console.setLevel(logging.WARNING)
     console.addFilter(lambda record: record.name.startswith("pipeline"))  # libraries: file only
     console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))

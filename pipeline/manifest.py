@@ -12,7 +12,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -573,6 +573,9 @@ def open_manifest(output_dir: str | os.PathLike[str], db: str | None, create: bo
     return m
 
 
-def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def job_exists(output_dir: str | os.PathLike[str], db: str | None) -> bool:
+    try:
+        open_manifest(output_dir, db).close()
+        return True
+    except PipelineError:
+        return False

@@ -154,16 +154,24 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _normalise_job_value(key: str, value: Any) -> Any:
-    """Local files are recorded by absolute path so a relative and an absolute spelling agree."""
-    if key in ("model", "pretrained") and isinstance(value, str):
-        if value.lower() == "none" and key == "pretrained":
-            return "none"
-        p = Path(value).expanduser()
-        if p.exists() or value.endswith((".json", ".pt", ".pth", ".bin", ".safetensors")):
-            if not p.exists():
-                raise PipelineError(f"{key} file not found: {value}")
-            return str(p.resolve())
-    return value
+    """Local files are recorded by absolute path so a relative and an absolute spelling agree.
+
+    A model is a file only when it names a .json config; weights are a file when one
+    exists there or the name has a checkpoint suffix. Anything else is a name or a tag.
+    """
+    if key == "pretrained" and isinstance(value, str) and value.lower() == "none":
+        return "none"
+    if key not in ("model", "pretrained") or not isinstance(value, str):
+        return value
+    p = Path(value).expanduser()
+    is_file = value.endswith(".json") if key == "model" else (
+        p.is_file() or value.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
+    )
+    if not is_file:
+        return value
+    if not p.is_file():
+        raise PipelineError(f"{key} file not found: {value}")
+    return str(p.resolve())
 
 
 def resolve(cli: dict[str, Any], config: str | None = None) -> Options:

@@ -37,7 +37,6 @@ class Result:
     crops: np.ndarray | None  # uint8 [N, H, W, 3]
     n: int
     error: str | None
-    seconds: float = 0.0
 
 
 def _worker_main(conn: Connection, num_frames: int, geometry: Geometry, threads: int) -> None:
@@ -50,7 +49,6 @@ def _worker_main(conn: Connection, num_frames: int, geometry: Geometry, threads:
             return
         if task is None:
             return
-        start = time.perf_counter()
         try:
             sampled = sample_frames(task.path, num_frames, convert, threads)
             crops = np.stack(sampled.frames)
@@ -61,7 +59,6 @@ def _worker_main(conn: Connection, num_frames: int, geometry: Geometry, threads:
             result = Result(task.video_id, None, 0, "out of memory while decoding")
         except Exception as e:  # a decoder bug must not take the worker down
             result = Result(task.video_id, None, 0, f"{type(e).__name__}: {e}")
-        result.seconds = time.perf_counter() - start
         try:
             conn.send(result)
         except (BrokenPipeError, OSError):

@@ -94,11 +94,6 @@ class ShardWriter:
         if self.save_frames:
             p.frames.append(frames)
 
-    def drop(self) -> list[int]:
-        """Forget buffered videos (a stop that abandons them); their claims go back."""
-        ids, self.pending = self.pending.ids, _Pending()
-        return ids
-
     def flush(self) -> ShardRecord | None:
         p = self.pending
         if not p.ids:

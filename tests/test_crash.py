@@ -85,7 +85,7 @@ def test_sigkill_at_random_moments_then_rerun(tmp_path: Path, many: Path, tiny_m
             time.sleep(0.3)  # during start-up, before any claim
         else:
             # Mid-run: once it has committed something, after a random extra delay.
-            wait_until(lambda: done_count(db) > before or proc.poll() is not None, timeout=120, interval=0.05)
+            wait_until(lambda b=before, p=proc: done_count(db) > b or p.poll() is not None, timeout=120, interval=0.05)
             time.sleep(rng.uniform(0.0, 0.15))
         kill_group(proc)
         progress.append(done_count(db))

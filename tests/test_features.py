@@ -19,8 +19,10 @@ from tests.reference import load_open_clip, reference_feature, reference_frames
 @pytest.fixture(scope="module")
 def extracted(tmp_path_factory: pytest.TempPathFactory, corpus: Path, tiny_model: dict[str, str]) -> Path:
     out = tmp_path_factory.mktemp("job")
+    config = out / "run.yaml"
+    config.write_text("log_every: 1\n")  # the guide's progress line, here after every batch
     cli("extract", "--video_dir", str(corpus), "--output_dir", str(out), *model_args(tiny_model),
-        "--batch_size", "3", "--num_workers", "2", "--gpu", "cpu", "--save-frames")
+        "--batch_size", "3", "--num_workers", "2", "--gpu", "cpu", "--save-frames", "--config", str(config))
     return out
 
 
@@ -80,7 +82,8 @@ def test_pickle_export(extracted: Path) -> None:
 
 def test_logs_and_settings_recorded(extracted: Path, tiny_model: dict[str, str]) -> None:
     logs = list((extracted / "logs").glob("run-*.log"))
-    assert logs and "finished" in logs[0].read_text()
+    text = logs[0].read_text()
+    assert "finished" in text and "batch 1: " in text and "videos/s" in text
     st = status_json(extracted)
     assert st["settings"]["model"] == tiny_model["model"]
     assert st["settings"]["num_frames"] == "8" and st["settings"]["save_frames"] == "true"
