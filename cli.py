@@ -55,6 +55,9 @@ RetryFailed = Annotated[Optional[bool], _flag("--retry-failed", help="Try failed
 MaxAttempts = Annotated[Optional[int], _opt("--max-attempts", help="Decode attempts before a video fails [default: 2].")]
 ShardSize = Annotated[Optional[int], _opt("--shard-size", help="Videos per shard file [default: 512].")]
 LeaseSeconds = Annotated[Optional[float], _opt("--lease-seconds", help="Claim lease, renewed while alive [default: 300].")]
+DecodeTimeout = Annotated[
+    Optional[float], _opt("--decode-timeout", help="Seconds a video may decode (+1 s per MB) before it fails as a hang [default: 60].")
+]
 Format = Annotated[
     Optional[str],
     _opt("--format", help="npy (features.npy + video_paths.txt) or pkl (features.pkl; pickle: load only from trusted sources)."),
@@ -85,7 +88,8 @@ def scan(
 def run(
     output_dir: OutputDir = None, db: Db = None, gpu: Gpu = None, batch_size: BatchSize = None,
     num_workers: NumWorkers = None, retry_failed: RetryFailed = None, max_attempts: MaxAttempts = None,
-    shard_size: ShardSize = None, lease_seconds: LeaseSeconds = None, model: Model = None,
+    shard_size: ShardSize = None, lease_seconds: LeaseSeconds = None, decode_timeout: DecodeTimeout = None,
+    model: Model = None,
     pretrained: Pretrained = None, num_frames: NumFrames = None, sampling: Sampling = None,
     save_frames: SaveFrames = None, config: Config = None,
 ) -> None:
@@ -94,7 +98,8 @@ def run(
 
     opts = _options(config, output_dir=output_dir, db=db, gpu=gpu, batch_size=batch_size, num_workers=num_workers,
                     retry_failed=retry_failed, max_attempts=max_attempts, shard_size=shard_size,
-                    lease_seconds=lease_seconds, model=model, pretrained=pretrained, num_frames=num_frames,
+                    lease_seconds=lease_seconds, decode_timeout=decode_timeout, model=model, pretrained=pretrained,
+                    num_frames=num_frames,
                     sampling=sampling, save_frames=save_frames)
     raise typer.Exit(commands.run(opts))
 

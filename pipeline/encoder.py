@@ -49,6 +49,14 @@ class Encoded:
     frames: np.ndarray  # [B, N, D] float32, unit norm
 
 
+def is_out_of_memory(e: BaseException) -> bool:
+    """CUDA OOM, or the CPU allocator refusing (a real memory limit on CPU runs)."""
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
 class Encoder:
     def __init__(self, loaded: LoadedModel, device: torch.device, cpu_threads: int | None = None) -> None:
         self.model = loaded.model
@@ -57,11 +65,42 @@ class Encoder:
         self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
         self.cuda = device.type == "cuda"
+        self.max_videos: int | None = None  # set when memory ran out: the batch that fits
         if not self.cuda:
             torch.set_num_threads(max(1, cpu_threads or (os.cpu_count() or 1)))
 
-    @torch.inference_mode()
     def encode(self, crops: np.ndarray, per_video: int) -> Encoded:
+        """Encode B videos' crops; on out-of-memory, halve the batch and go on at that size.
+
+        The halved size is kept (max_videos) so the rest of the run does not hit the
+        same wall batch after batch; the runner reads it and claims smaller batches.
+        """
+        total = crops.shape[0] // per_video
+        size = min(total, self.max_videos or total)
+        videos, frames = [], []
+        start = 0
+        while start < total:
+            chunk = crops[start * per_video : (start + size) * per_video]
+            try:
+                out = self._forward(chunk, per_video)
+            except Exception as e:  # noqa: BLE001 - only out-of-memory is handled
+                if not is_out_of_memory(e):
+                    raise
+                if self.cuda:
+                    torch.cuda.empty_cache()
+                if size == 1:
+                    raise PipelineError(f"out of memory encoding one video ({per_video} frames) on {self.device}") from None
+                size //= 2
+                self.max_videos = size
+                log.warning("out of memory on %s: batch size now %d videos for the rest of the run", self.device, size)
+                continue
+            videos.append(out.videos)
+            frames.append(out.frames)
+            start += size
+        return Encoded(np.concatenate(videos), np.concatenate(frames))
+
+    @torch.inference_mode()
+    def _forward(self, crops: np.ndarray, per_video: int) -> Encoded:
         """crops: uint8 [B*N, H, W, 3], N frames of each of B videos in order."""
         host = torch.from_numpy(crops)
         if self.cuda:
@@ -70,6 +109,7 @@ class Encoder:
         x = (x - self.mean) / self.std
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.cuda):
             f = self.model.encode_image(x)
+        del x
         f = torch.nn.functional.normalize(f.float(), dim=-1)
         f = f.view(-1, per_video, f.shape[-1])
         v = torch.nn.functional.normalize(f.mean(dim=1), dim=-1)

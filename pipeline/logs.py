@@ -31,6 +31,8 @@ def start_log(output_dir: str | os.PathLike[str], command: str) -> Path:
     logs = Path(output_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     path = logs / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    # A full disk must not turn every log line into a traceback on the terminal.
+    logging.raiseExceptions = False
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     for h in list(root.handlers):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -99,6 +100,7 @@ class Claim:
     id: int
     path: str
     attempts: int
+    size: int
 
 
 @dataclass(frozen=True)
@@ -330,7 +332,8 @@ class Manifest:
     def register_run(self, device: str, batch_size: int, num_workers: int) -> str:
         pid = os.getpid()
         host = socket.gethostname()
-        run_id = f"{host}-{pid}-{os.urandom(3).hex()}"
+        safe_host = re.sub(r"[^A-Za-z0-9.]+", "_", host).strip("._")[:40] or "host"
+        run_id = f"{safe_host}-{pid}-{os.urandom(3).hex()}"  # also names shard files
         now = time.time()
         self.write(
             lambda c: c.execute(
@@ -430,10 +433,10 @@ class Manifest:
                 status="running", owner=run_id, lease_until=now + lease_seconds,
                 claims=videos.c.claims + 1, updated_at=now,
             )
-            .returning(videos.c.id, videos.c.path, videos.c.attempts)
+            .returning(videos.c.id, videos.c.path, videos.c.attempts, videos.c.size)
         )
         rows = self.write(lambda c: c.execute(stmt).all())
-        return sorted((Claim(r.id, r.path, r.attempts) for r in rows), key=lambda c: c.id)
+        return sorted((Claim(r.id, r.path, r.attempts, r.size) for r in rows), key=lambda c: c.id)
 
     def complete(self, run_id: str, shard: str, rows: Sequence[tuple[int, int, int]], frames: int) -> int:
         """Mark (id, shard_index, num_frames) rows done in `shard`, only those still ours.
@@ -466,8 +469,10 @@ class Manifest:
 
         return self.write(commit)
 
-    def fail_attempt(self, run_id: str, video_id: int, error: str, max_attempts: int) -> str:
-        """Count a failed attempt; the row goes back to pending or, at the limit, to failed."""
+    def fail_attempt(self, run_id: str, video_id: int, error: str, max_attempts: int, final: bool = False) -> str:
+        """Count a failed attempt; the row goes back to pending or, at the limit (or if final), to failed."""
+        if final:
+            max_attempts = 0
         now = time.time()
 
         def fail(conn: Connection) -> str:

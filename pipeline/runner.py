@@ -134,6 +134,7 @@ class _Loop:
         self.todo: deque[Claim] = deque()
         self.claimed: dict[int, Claim] = {}
         self.ready: list[Result] = []
+        self.batch_size = opts.run.batch_size  # shrinks if the device runs out of memory
         self.done = self.failed = self.retried = self.batches = 0
         self.started = time.monotonic()
         self.progress: RunProgress | None = None
@@ -146,7 +147,7 @@ class _Loop:
         while not stop.requested:
             now = time.monotonic()
             idle = not self.todo and pool.in_flight == 0
-            if len(self.todo) < pool.capacity + self.o.batch_size and (idle or now >= next_claim):
+            if len(self.todo) < pool.capacity + self.batch_size and (idle or now >= next_claim):
                 got = self._claim(pool)
                 if not got and idle and not self.ready and not self.writer:
                     # Before calling it done, take back what dead runs left behind.
@@ -158,13 +159,14 @@ class _Loop:
                     self.todo.append(c)
             while self.todo and pool.capacity > 0:
                 c = self.todo.popleft()
-                pool.submit(Task(c.id, c.path))
+                pool.submit(Task(c.id, c.path, self.o.deadline(c.size)))
             for res in pool.poll(0.2):
                 self._collect(res)
             idle = not self.todo and pool.in_flight == 0
-            while len(self.ready) >= self.o.batch_size or (self.ready and idle):
-                self._encode(self.ready[: self.o.batch_size])
-                del self.ready[: self.o.batch_size]
+            while len(self.ready) >= self.batch_size or (self.ready and idle):
+                batch = self.ready[: self.batch_size]
+                del self.ready[: len(batch)]
+                self._encode(batch)
             if self.writer and (
                 len(self.writer) >= self.o.shard_size or self.writer.age() >= self.o.shard_seconds or idle
             ):
@@ -177,7 +179,7 @@ class _Loop:
             self._stop(pool)
 
     def _claim(self, pool: DecodePool) -> list[Claim]:
-        return self.m.claim(self.run_id, max(self.o.batch_size, pool.capacity) * 2, self.o.lease_seconds)
+        return self.m.claim(self.run_id, max(self.batch_size, pool.capacity) * 2, self.o.lease_seconds)
 
     def _collect(self, res: Result) -> None:
         claim = self.claimed.get(res.video_id)
@@ -187,7 +189,7 @@ class _Loop:
             self.ready.append(res)
             return
         del self.claimed[res.video_id]
-        status = self.m.fail_attempt(self.run_id, res.video_id, res.error, self.o.max_attempts)
+        status = self.m.fail_attempt(self.run_id, res.video_id, res.error, self.o.max_attempts, res.final)
         if status == "failed":
             self.failed += 1
             log.warning("failed: %s: %s", claim.path, res.error)
@@ -200,6 +202,8 @@ class _Loop:
     def _encode(self, batch: list[Result]) -> None:
         crops = np.concatenate([r.crops for r in batch])
         enc = self.encoder.encode(crops, self.num_frames)
+        if self.encoder.max_videos and self.encoder.max_videos < self.batch_size:
+            self.batch_size = self.encoder.max_videos
         ids = [r.video_id for r in batch]
         self.writer.add(ids, [self.claimed[i].path for i in ids], [r.n for r in batch], enc.videos, enc.frames)
         self.batches += 1

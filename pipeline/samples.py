@@ -1,11 +1,14 @@
-"""Synthetic sample videos, encoded with PyAV: for `make demo`, the tests and benchmarks.
+"""Synthetic inputs for `make demo`, the tests and the benchmarks: videos and a tiny CLIP.
 
 Every frame differs (a moving block over a drifting gradient, and the frame number
-drawn as bars), so picking the wrong frame shows up pixel for pixel.
+drawn as bars), so picking the wrong frame shows up pixel for pixel. The tiny CLIP is a
+real open_clip architecture with random weights, saved as a config JSON plus a
+checkpoint, so it loads through the same path as a user's offline checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -98,3 +101,27 @@ def make_corpus(folder: Path, specs: tuple[Spec, ...] = DEMO_SPECS, broken: bool
         truncated.write_bytes(good[: len(good) // 3])
         paths += [empty, text, truncated]
     return paths
+
+
+TINY_CLIP = {
+    "embed_dim": 512,
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 32, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
+}
+
+
+def make_tiny_clip(folder: Path, seed: int = 1234) -> dict[str, str]:
+    """Save a tiny random-weight CLIP; returns the --model and --pretrained values for it."""
+    import open_clip
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "tiny-clip.json"
+    config.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = open_clip.create_model("tiny-clip")
+    checkpoint = folder / "tiny-clip.pt"
+    torch.save(model.state_dict(), checkpoint)
+    return {"model": str(config), "pretrained": str(checkpoint)}

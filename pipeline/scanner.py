@@ -55,7 +55,8 @@ def walk_videos(root: Path, extensions: tuple[str, ...], errors: list[str]) -> I
                 if entry.is_dir(follow_symlinks=True):
                     stack.append(Path(entry.path))
                     continue
-                if os.path.splitext(entry.name)[1].lower() not in exts:
+                # The text after the last dot: splitext() would see no extension in "..mp4".
+                if "." not in entry.name or "." + entry.name.rsplit(".", 1)[1].lower() not in exts:
                     continue
                 if not entry.is_file(follow_symlinks=True):
                     if entry.is_symlink() and not os.path.exists(entry.path):

@@ -61,6 +61,12 @@ class RunSettings:
     shard_seconds: float = 60.0
     log_every: int = 100
     retry_failed: bool = False
+    decode_timeout: float = 60.0  # seconds a video may take to decode, plus...
+    decode_timeout_per_mb: float = 1.0  # ...this much per MB of file
+
+    def deadline(self, size_bytes: int) -> float:
+        """How long one video may decode before its worker is presumed hung and killed."""
+        return self.decode_timeout + self.decode_timeout_per_mb * size_bytes / 1e6
 
     def workers(self) -> int:
         return self.num_workers if self.num_workers > 0 else max(1, os.cpu_count() or 1)
@@ -217,6 +223,8 @@ def _validate(o: Options) -> None:
         raise PipelineError(f"num_workers must be 0 (auto) or more, got {o.run.num_workers}")
     if o.run.max_attempts < 1 or o.run.max_claims < 1:
         raise PipelineError("max_attempts and max_claims must be at least 1")
+    if o.run.decode_timeout <= 0 or o.run.decode_timeout_per_mb < 0:
+        raise PipelineError("decode_timeout must be positive and decode_timeout_per_mb not negative")
     if o.run.lease_seconds <= 0 or o.run.shard_size < 1 or o.run.shard_seconds <= 0:
         raise PipelineError("lease_seconds, shard_size and shard_seconds must be positive")
     if not o.paths.extensions:

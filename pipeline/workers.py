@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 class Task:
     video_id: int
     path: str
+    deadline: float = float("inf")  # seconds this video may take before its worker is killed
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Result:
     crops: np.ndarray | None  # uint8 [N, H, W, 3]
     n: int
     error: str | None
+    final: bool = False  # no point retrying (a hang): fail now
 
 
 def _worker_main(conn: Connection, num_frames: int, geometry: Geometry, threads: int) -> None:
@@ -73,6 +75,20 @@ class _Worker:
         self.proc.start()
         child.close()
         self.queue: deque[Task] = deque()
+        self.started = 0.0  # when the head of the queue began decoding
+
+    def push(self, task: Task) -> None:
+        if not self.queue:
+            self.started = time.monotonic()
+        self.queue.append(task)
+        self.conn.send(task)
+
+    def pop(self) -> None:
+        self.queue.popleft()
+        self.started = time.monotonic()
+
+    def overdue(self, now: float) -> bool:
+        return bool(self.queue) and now - self.started > self.queue[0].deadline
 
 
 class DecodePool:
@@ -94,47 +110,52 @@ class DecodePool:
         return sum(len(w.queue) for w in self.workers)
 
     def submit(self, task: Task) -> None:
-        worker = min(self.workers, key=lambda w: len(w.queue))
-        worker.queue.append(task)
-        worker.conn.send(task)
+        min(self.workers, key=lambda w: len(w.queue)).push(task)
 
     def poll(self, timeout: float) -> list[Result]:
-        """Results that are ready within `timeout`; a dead worker's video comes back failed."""
+        """Results ready within `timeout`. A dead or overdue worker's video comes back failed."""
         if not self.in_flight:
             time.sleep(min(timeout, 0.05))
             return []
         busy = [w for w in self.workers if w.queue]
-        ready = wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout)
+        now = time.monotonic()
+        soonest = min(w.started + w.queue[0].deadline for w in busy) - now
+        ready = wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], max(0.0, min(timeout, soonest)))
         results: list[Result] = []
-        for w in list(busy):
+        for w in busy:
             if w.conn in ready:
                 try:
                     while w.conn.poll():
-                        res: Result = w.conn.recv()
-                        w.queue.popleft()
-                        results.append(res)
+                        results.append(w.conn.recv())
+                        w.pop()
                 except (EOFError, OSError):
                     pass
-            if w.proc.sentinel in ready or not w.proc.is_alive():
+            if w.overdue(time.monotonic()):
+                task = w.queue[0]
+                w.proc.kill()
+                log.warning("decoding %s took over %.0f s: worker killed", task.path, task.deadline)
+                results.extend(self._replace(w, f"timeout: no frames after {task.deadline:.0f} s", final=True))
+            elif w.proc.sentinel in ready or not w.proc.is_alive():
                 results.extend(self._replace(w))
         return results
 
-    def _replace(self, w: _Worker) -> list[Result]:
-        """The first queued task is the one the worker died on; the rest are requeued."""
-        w.proc.join(timeout=1)
-        code = w.proc.exitcode
-        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+    def _replace(self, w: _Worker, reason: str | None = None, final: bool = False) -> list[Result]:
+        """The head of the queue is the video the worker died on; the rest go to its successor."""
+        w.proc.join(timeout=5)
+        if reason is None:
+            code = w.proc.exitcode
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            reason = f"decoder process died ({how})"
         lost = list(w.queue)
         w.conn.close()
         self.workers[self.workers.index(w)] = fresh = _Worker(self._ctx, self._args)
         self.restarts += 1
         failed = []
         if lost:
-            failed.append(Result(lost[0].video_id, None, 0, f"decoder process died ({how})"))
-            log.warning("decode worker died (%s) on %s; replaced", how, lost[0].path)
+            failed.append(Result(lost[0].video_id, None, 0, reason, final))
+            log.warning("decode worker replaced: %s on %s", reason, lost[0].path)
         for task in lost[1:]:
-            fresh.queue.append(task)
-            fresh.conn.send(task)
+            fresh.push(task)
         return failed
 
     def drain(self) -> list[Task]:

@@ -23,28 +23,12 @@ REALVIDEOS = ROOT.parent / "shared" / "realvideos"
 
 sys.path.insert(0, str(ROOT))
 
-TINY_CONFIG = {
-    "embed_dim": 512,
-    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 32, "head_width": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
-}
-
-
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A tiny CLIP architecture with random weights, saved as config JSON + checkpoint."""
-    import open_clip
-    import torch
+    from pipeline.samples import make_tiny_clip
 
-    folder = tmp_path_factory.mktemp("tiny_model")
-    config = folder / "tiny-clip.json"
-    config.write_text(json.dumps(TINY_CONFIG))
-    open_clip.add_model_config(config)
-    torch.manual_seed(1234)
-    model = open_clip.create_model("tiny-clip")
-    checkpoint = folder / "tiny-clip.pt"
-    torch.save(model.state_dict(), checkpoint)
-    return {"model": str(config), "pretrained": str(checkpoint)}
+    return make_tiny_clip(tmp_path_factory.mktemp("tiny_model"))
 
 
 @pytest.fixture(scope="session")

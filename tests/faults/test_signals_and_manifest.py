@@ -1,0 +1,125 @@
+"""Signals, and the manifest under load: watchers, many writers, SIGKILL mid-transaction."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.samples import Spec, make_video
+from tests.conftest import ROOT, cli, kill_group, model_args, start_cli, status_json, wait_until
+
+N = 60
+RUN = ["--gpu", "cpu", "--num-workers", "1", "--batch-size", "1", "--shard-size", "1"]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    src = tmp_path_factory.mktemp("v")
+    for i in range(N):
+        make_video(src / f"v{i:02d}.mp4", Spec("x.mp4", frames=6 + i % 5, width=32, height=32))
+    return src
+
+
+def job(tmp_path: Path, videos: Path, tiny) -> Path:
+    out = tmp_path / "out"
+    cli("scan", "--video-dir", str(videos), "--output-dir", str(out), *model_args(tiny))
+    return out
+
+
+def done(out: Path) -> int:
+    try:
+        with sqlite3.connect(out / "manifest.sqlite", timeout=30) as c:
+            return c.execute("SELECT count(*) FROM videos WHERE status='done'").fetchone()[0]
+    except sqlite3.Error:
+        return -1
+
+
+def assert_all_done_once(out: Path) -> None:
+    st = status_json(out)
+    assert (st["done"], st["pending"], st["running"], st["failed"]) == (N, 0, 0, 0)
+    with sqlite3.connect(out / "manifest.sqlite") as c:
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_cleanly_within_seconds(tmp_path: Path, videos: Path, tiny_model, sig) -> None:
+    out = job(tmp_path, videos, tiny_model)
+    proc = start_cli("run", "--output-dir", str(out), *RUN, log=tmp_path / "run.log")
+    assert wait_until(lambda: done(out) >= 3, timeout=120, interval=0.05)
+    os.killpg(proc.pid, sig)
+    t0 = time.monotonic()
+    assert proc.wait(timeout=30) == 130
+    assert time.monotonic() - t0 < 5
+    st = status_json(out)
+    assert st["running"] == 0 and 0 < st["done"] < N
+    assert "run the same command again to resume" in (tmp_path / "run.log").read_text()
+    cli("run", "--output-dir", str(out), *RUN)
+    assert_all_done_once(out)
+
+
+def test_second_ctrl_c_stops_at_once_and_next_run_recovers(tmp_path: Path, videos: Path, tiny_model) -> None:
+    out = job(tmp_path, videos, tiny_model)
+    proc = start_cli("run", "--output-dir", str(out), *RUN, log=tmp_path / "run.log")
+    assert wait_until(lambda: done(out) >= 3, timeout=120, interval=0.05)
+    os.kill(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, signal.SIGINT)
+    t0 = time.monotonic()
+    proc.wait(timeout=30)
+    assert time.monotonic() - t0 < 2
+    kill_group(proc)  # any decode worker that outlived its parent
+    cli("run", "--output-dir", str(out), *RUN)
+    assert_all_done_once(out)
+
+
+def test_watchers_never_make_writers_fail(tmp_path: Path, videos: Path, tiny_model) -> None:
+    out = job(tmp_path, videos, tiny_model)
+    watch = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "status", "--output-dir", str(out), "--watch"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    stop = threading.Event()
+    polls = []
+
+    def hammer() -> None:  # a second watcher reading as fast as it can
+        while not stop.is_set():
+            polls.append(status_json(out)["done"])
+
+    reader = threading.Thread(target=hammer)
+    reader.start()
+    runs = [start_cli("run", "--output-dir", str(out), *RUN, log=tmp_path / f"r{i}.log") for i in range(4)]
+    try:
+        codes = [r.wait(timeout=300) for r in runs]
+    finally:
+        stop.set()
+        reader.join()
+        os.killpg(watch.pid, signal.SIGINT)
+        watch.wait(timeout=30)
+    logs = "".join((tmp_path / f"r{i}.log").read_text() for i in range(4))
+    assert codes == [0, 0, 0, 0], logs
+    assert "locked" not in logs and "Traceback" not in logs
+    assert watch.returncode == 0 and b"Traceback" not in watch.stderr.read()
+    assert len(polls) > 5 and polls == sorted(polls)
+    assert_all_done_once(out)
+
+
+def test_sigkill_during_heavy_claiming_keeps_the_manifest_consistent(tmp_path: Path, videos: Path, tiny_model) -> None:
+    out = job(tmp_path, videos, tiny_model)
+    rng = random.Random(3)
+    for round_ in range(3):
+        runs = [start_cli("run", "--output-dir", str(out), *RUN) for _ in range(4)]
+        before = done(out)
+        wait_until(lambda b=before: done(out) > b, timeout=120, interval=0.02)
+        time.sleep(rng.uniform(0, 0.3))
+        for r in runs:
+            kill_group(r)
+        with sqlite3.connect(out / "manifest.sqlite") as c:
+            assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok", f"round {round_}"
+    cli("run", "--output-dir", str(out), *RUN)
+    assert_all_done_once(out)
