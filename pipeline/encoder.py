@@ -105,8 +105,8 @@ class Encoder:
         host = torch.from_numpy(crops)
         if self.cuda:
             host = host.pin_memory()
-        x = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-        x = (x - self.mean) / self.std
+        x = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        x.div_(255.0).sub_(self.mean).div_(self.std)  # in place: one float copy of the batch, not three
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.cuda):
             f = self.model.encode_image(x)
         del x

@@ -71,6 +71,8 @@ def test_second_ctrl_c_stops_at_once_and_next_run_recovers(tmp_path: Path, video
     proc = start_cli("run", "--output-dir", str(out), *RUN, log=tmp_path / "run.log")
     assert wait_until(lambda: done(out) >= 3, timeout=120, interval=0.05)
     os.kill(proc.pid, signal.SIGINT)
+    # As a person does: the second Ctrl-C after the first one's message.
+    assert wait_until(lambda: "press Ctrl-C again" in (tmp_path / "run.log").read_text(), timeout=10, interval=0.01)
     os.kill(proc.pid, signal.SIGINT)
     t0 = time.monotonic()
     proc.wait(timeout=30)
