@@ -1,4 +1,4 @@
-# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+# Two commands set everything up on a fresh machine: `make demo` and `make test`; `make bench` runs the benchmarks.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -25,6 +25,9 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+bench: venv
+	$(BIN)/python -m bench.memory 2000
 
 clean:
 	rm -rf $(DEMO) features .pytest_cache
