@@ -51,6 +51,9 @@ def run(opts: Options) -> int:
     if s.state == "interrupted":
         console.print("interrupted: nothing is lost; run the same command again to resume")
         return 130
+    if s.state == "failed":
+        console.print("error: an engine stopped before the job was done (see the log); run the same command again")
+        return 1
     if s.others_running:
         console.print(f"{s.others_running} videos are still being processed by other runs")
     return 0

@@ -29,12 +29,8 @@ def resolve_device(gpu: str) -> torch.device:
         return torch.device("cpu")
     if spec == "cpu":
         return torch.device("cpu")
-    if "," in spec:
-        raise PipelineError(
-            f"--gpu {gpu}: one device per run; start one 'run --gpu N' per GPU on the same job"
-        )
     if not spec.isdigit():
-        raise PipelineError(f"--gpu must be auto, cpu or a GPU index, got {gpu!r}")
+        raise PipelineError(f"--gpu must be auto, cpu, all, or GPU indices like 0,1; got {gpu!r}")
     index = int(spec)
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if index >= count:

@@ -27,10 +27,11 @@ class _CurrentStderr(logging.StreamHandler):
         pass
 
 
-def start_log(output_dir: str | os.PathLike[str], command: str) -> Path:
+def start_log(output_dir: str | os.PathLike[str], command: str, path: Path | None = None) -> Path:
+    """Log to a new file for this command, or append to `path` (engines share their parent's)."""
     logs = Path(output_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    path = logs / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path = path or logs / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     # A full disk must not turn every log line into a traceback on the terminal.
     logging.raiseExceptions = False
     root = logging.getLogger()

@@ -111,24 +111,31 @@ class DoneRow:
     shard_index: int
 
 
-def proc_start_ticks(pid: int) -> str | None:
-    """The kernel's start time of a process: with the pid, names one process for ever."""
+def _proc_stat(pid: int) -> list[str] | None:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def proc_start_ticks(pid: int) -> str | None:
+    """The kernel's start time of a process: with the pid, names one process for ever."""
+    stat = _proc_stat(pid)
+    return stat[19] if stat else None
 
 
 def process_alive(pid: int, start: str | None) -> bool:
+    """Alive: exists, is not a zombie (dead, not yet waited for), and is the same process."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass
-    now = proc_start_ticks(pid)
-    return start is None or now is None or now == start
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True  # no /proc: trust kill()
+    return stat[0] not in ("Z", "X") and (start is None or stat[19] == start)
 
 
 def database_url(output_dir: str | os.PathLike[str], db: str | None) -> str:
@@ -156,7 +163,7 @@ class Manifest:
     """One job's manifest. Cheap to open; every method is one short transaction."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
+        self.url = url = _with_driver(url)
         self.is_sqlite = url.startswith("sqlite")
         try:
             self.engine: Engine = self._make_engine(url)
@@ -165,7 +172,8 @@ class Manifest:
 
     def _make_engine(self, url: str) -> Engine:
         if not self.is_sqlite:
-            return create_engine(url, pool_pre_ping=True)
+            # READ COMMITTED, and claims take rows with FOR UPDATE SKIP LOCKED (see claim()).
+            return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
         engine = create_engine(url, connect_args={"timeout": 60})
 
         @event.listens_for(engine, "connect")
@@ -292,6 +300,8 @@ class Manifest:
         now = time.time()
 
         def apply(conn: Connection) -> None:
+            if not self.is_sqlite:  # SQLite's BEGIN IMMEDIATE already serialises scans
+                conn.exec_driver_sql("LOCK TABLE videos IN SHARE ROW EXCLUSIVE MODE")
             next_id = (conn.execute(select(func.max(videos.c.id))).scalar() or 0) + 1
             if new:
                 conn.execute(
@@ -448,7 +458,7 @@ class Manifest:
         now = time.time()
 
         def commit(conn: Connection) -> int:
-            res = conn.execute(
+            conn.execute(
                 update(videos)
                 .where(and_(videos.c.id == bindparam("vid"), videos.c.owner == run_id, videos.c.status == "running"))
                 .values(
@@ -457,7 +467,8 @@ class Manifest:
                 ),
                 [{"vid": i, "idx": idx, "nf": nf} for i, idx, nf in rows],
             )
-            done = res.rowcount if res.rowcount is not None and res.rowcount >= 0 else len(rows)
+            # Counted, not taken from rowcount: drivers disagree on it for executemany.
+            done = conn.execute(select(func.count()).where(videos.c.shard == shard)).scalar() or 0
             conn.execute(
                 update(runs)
                 .where(runs.c.id == run_id)
@@ -546,6 +557,14 @@ class Manifest:
     def committed_shards(self) -> set[str]:
         q = select(videos.c.shard).where(videos.c.shard.is_not(None)).distinct()
         return {r[0] for r in self.read(lambda c: c.execute(q).all())}
+
+
+def _with_driver(url: str) -> str:
+    """postgresql:// means psycopg 3 here (SQLAlchemy's own default would be psycopg2)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
 
 
 def _strip_comments(sql: str) -> str:

@@ -22,7 +22,7 @@ def format_eta(seconds: float | None) -> str:
 
 
 class RunProgress:
-    def __init__(self, counts: dict[str, int], num_frames: int) -> None:
+    def __init__(self, counts: dict[str, int], num_frames: int, show: bool = True) -> None:
         self.total = counts["total"] - counts["missing"]
         self.before = counts["done"] + counts["failed"]
         self.num_frames = num_frames
@@ -34,7 +34,7 @@ class RunProgress:
             TaskProgressColumn(),
             TextColumn("{task.fields[vps]:.1f} videos/s  {task.fields[fps]:.0f} frames/s  ETA {task.fields[eta]}"),
             console=console,
-            disable=not console.is_terminal,
+            disable=not (show and console.is_terminal),
             refresh_per_second=4,
         )
         self.task = self.bar.add_task("run", total=self.total, completed=self.before, vps=0.0, fps=0.0, eta="--:--:--")

@@ -48,19 +48,29 @@ class RunSummary:
 
 
 class _Stop:
-    """First SIGINT/SIGTERM asks for a clean stop; a second one ends the process now."""
+    """First SIGINT/SIGTERM asks for a clean stop; a second one ends the process now.
 
-    def __init__(self) -> None:
+    An engine started by the launcher listens to SIGTERM only: its parent decides.
+    """
+
+    def __init__(self, engine: bool = False) -> None:
         self.requested = False
+        # An engine hears SIGTERM from its parent (or the kernel, if the parent died) and
+        # SIGHUP if its process group is orphaned; it always stops cleanly, since a hard
+        # stop is the parent's to give (SIGKILL).
+        self.engine = engine
+        self.signals = (signal.SIGTERM, signal.SIGHUP) if engine else (signal.SIGINT, signal.SIGTERM)
         self._old: dict[int, object] = {}
 
     def __enter__(self) -> "_Stop":
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in self.signals:
             self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self.requested:
+            if self.engine:
+                return
             os._exit(128 + signum)  # claims are given back by the next run's reap
         self.requested = True
         log.warning("stopping (signal %d): finishing the batch in hand; press Ctrl-C again to quit now", signum)
@@ -71,6 +81,19 @@ class _Stop:
 
 
 def run(opts: Options) -> RunSummary:
+    """One engine for one device, or (--gpu 0,1 / all / cpu,cpu) one engine process per device."""
+    from pipeline.launcher import devices, run_many
+
+    devs = devices(opts.run.gpu)
+    if len(devs) == 1:
+        return run_engine(opts)
+    started = time.monotonic()
+    done, failed, state, log_path = run_many(opts, devs)
+    return RunSummary(f"{len(devs)} engines", done, failed, 0, time.monotonic() - started, state, log_path, 0)
+
+
+def run_engine(opts: Options, log_path: Path | None = None, engine: bool = False) -> RunSummary:
+    """The run loop on one device; `engine`: started by the launcher, which shows progress."""
     from pipeline.encoder import Encoder, resolve_device
     from pipeline.model import load_model
 
@@ -78,7 +101,7 @@ def run(opts: Options) -> RunSummary:
     manifest = open_manifest(out, opts.paths.db)
     job = manifest.check_job(opts.asked_job)
     device = resolve_device(opts.run.gpu)
-    log_path = start_log(out, "run")
+    log_path = start_log(out, "run", log_path)
     if opts.run.retry_failed:
         log.info("retry-failed: %d failed rows back to pending", manifest.reset_failed())
     loaded = load_model(job, device)
@@ -101,7 +124,7 @@ def run(opts: Options) -> RunSummary:
     pool = DecodePool(workers, job.num_frames, loaded.preprocess.geometry)
     state, message = "crashed", None
     try:
-        with _Stop() as stop, RunProgress(manifest.counts(), job.num_frames) as progress:
+        with _Stop(engine) as stop, RunProgress(manifest.counts(), job.num_frames, show=not engine) as progress:
             loop.progress = progress
             loop.run(pool, stop)
             state = "interrupted" if stop.requested else "finished"

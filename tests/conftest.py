@@ -89,3 +89,87 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
     return (a * b).sum(axis=1)
+
+
+PG_URL = os.environ.get("PIPELINE_TEST_PG_URL")
+
+
+class Job:
+    """One job's output directory and manifest URL, on either backend."""
+
+    def __init__(self, out: Path, db: str | None) -> None:
+        self.out, self.db = out, db
+
+    @property
+    def args(self) -> list[str]:
+        return ["--output-dir", str(self.out)] + (["--db", self.db] if self.db else [])
+
+    @property
+    def url(self) -> str:
+        return self.db or f"sqlite:///{self.out / 'manifest.sqlite'}"
+
+    def cli(self, command: str, *args: str, **kw) -> subprocess.CompletedProcess:
+        return cli(command, *self.args, *args, **kw)
+
+    def start(self, command: str, *args: str, log: Path | None = None) -> subprocess.Popen:
+        return start_cli(command, *self.args, *args, log=log)
+
+    def status(self) -> dict:
+        return json.loads(self.cli("status", "--json").stdout)
+
+    def query(self, sql: str):
+        """One scalar from the manifest, or None while it cannot be read."""
+        from sqlalchemy import create_engine, text
+
+        from pipeline.manifest import _with_driver
+
+        engine = create_engine(_with_driver(self.url), connect_args={"timeout": 30} if self.db is None else {})
+        try:
+            with engine.connect() as c:
+                return c.execute(text(sql)).scalar()
+        except Exception:  # noqa: BLE001 - polled while writers may hold it
+            return None
+        finally:
+            engine.dispose()
+
+    def done(self) -> int:
+        return self.query("SELECT count(*) FROM videos WHERE status='done'") or 0
+
+    def check_consistent(self) -> None:
+        if self.db is None:
+            assert self.query("PRAGMA integrity_check") == "ok"
+        assert self.query("SELECT count(*) FROM videos WHERE status='done' AND shard IS NULL") == 0
+        assert self.query("SELECT count(*) FROM videos WHERE status='running' AND owner IS NULL") == 0
+
+
+def _fresh_pg_database() -> str:
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_URL, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    return PG_URL.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgresql" and not PG_URL:
+        pytest.skip("no PostgreSQL: run under scripts/with_postgres.sh (as .ci/run does)")
+    return request.param
+
+
+@pytest.fixture
+def new_job(backend: str, tmp_path: Path, tiny_model: dict[str, str]):
+    """Scan `videos` into a new job on the test's backend."""
+    count = [0]
+
+    def make(videos: Path, *extra: str) -> Job:
+        count[0] += 1
+        db = _fresh_pg_database() if backend == "postgresql" else None
+        job = Job(tmp_path / f"job{count[0]}", db)
+        job.cli("scan", "--video-dir", str(videos), *model_args(tiny_model), *extra)
+        return job
+
+    return make

@@ -1,0 +1,140 @@
+"""`run --gpu 0,1,2,3` (or `all`, or `cpu,cpu`): one engine process per device.
+
+Each engine is an ordinary run (its own claims, decode workers and shards) started
+by this parent, which shows one progress display for the job, keeps one log file for
+all of them, and watches them: an engine that dies has its videos handed back at once
+for the others to take; a stop request (Ctrl-C, SIGTERM) is passed on once; and an
+engine whose parent vanishes (even by SIGKILL) is told by the kernel to stop cleanly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import logging
+import multiprocessing as mp
+import os
+import signal
+import time
+from multiprocessing.connection import wait
+from pathlib import Path
+from types import FrameType
+
+from pipeline.errors import PipelineError
+from pipeline.manifest import open_manifest
+from pipeline.progress import RunProgress
+from pipeline.settings import Options
+
+log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1
+
+
+def devices(spec: str) -> list[str]:
+    """The device list of --gpu: `0,1`, `all`, `cpu,cpu`; one entry means one engine."""
+    spec = str(spec).strip().lower()
+    if spec == "all":
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise PipelineError("--gpu all: no CUDA GPU is available")
+        return [str(i) for i in range(count)]
+    parts = [p.strip() for p in spec.split(",")]
+    if not all(parts):
+        raise PipelineError(f"--gpu {spec}: empty device in the list")
+    return parts
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel for SIGTERM when the parent dies, so no engine outlives it."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def _engine_main(opts: Options, log_path: str, parent: int) -> None:
+    from pipeline.runner import run_engine
+
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent passes stops on as SIGTERM
+    try:
+        summary = run_engine(opts, log_path=Path(log_path), engine=True)
+    except PipelineError as e:
+        log.error("engine stopped: %s", e)
+        raise SystemExit(1) from None
+    raise SystemExit(130 if summary.state == "interrupted" else 0)
+
+
+def run_many(opts: Options, devs: list[str]) -> tuple[int, int, str, Path]:
+    """Run one engine per device until the job is done; returns (done, failed, state, log)."""
+    from pipeline.encoder import resolve_device
+    from pipeline.logs import start_log
+
+    for d in devs:
+        resolve_device(d)  # a GPU that is not there is an error before anything starts
+    out = Path(opts.paths.output_dir)
+    manifest = open_manifest(out, opts.paths.db)
+    manifest.check_job(opts.asked_job)
+    log_path = start_log(out, "run")
+    per_engine = max(1, opts.run.workers() // len(devs))
+    ctx = mp.get_context("spawn")
+    engines: list[tuple[str, mp.Process]] = []
+
+    def launch(d: str) -> mp.Process:
+        child = dataclasses.replace(opts, run=dataclasses.replace(opts.run, gpu=d, num_workers=per_engine))
+        p = ctx.Process(target=_engine_main, args=(child, str(log_path), os.getpid()), name=f"engine-{d}")
+        p.start()
+        engines.append((d, p))
+        return p
+
+    for d in devs:
+        launch(d)
+    log.info("started %d engines on %s, %d decode workers each", len(devs), ",".join(devs), per_engine)
+
+    stops = [0]
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stops[0] += 1
+        how = signal.SIGTERM if stops[0] == 1 else signal.SIGKILL
+        for _d, p in engines:
+            if p.is_alive():
+                os.kill(p.pid, how)
+        if stops[0] == 1:
+            log.warning("stopping %d engines; press Ctrl-C again to quit now", len(engines))
+        else:
+            os._exit(128 + signum)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    start = manifest.counts()
+    relaunches = 0
+    try:
+        with RunProgress(start, int(manifest.settings()["num_frames"])) as progress:
+            alive = list(engines)  # (device, process); a device may repeat (cpu,cpu)
+            while alive:
+                ready = wait([p.sentinel for _d, p in alive], timeout=0.5)
+                for d, p in list(alive):
+                    if p.sentinel in ready:
+                        p.join()
+                        alive.remove((d, p))
+                        if p.exitcode not in (0, 130):
+                            log.warning("engine on %s died (exit %s): its videos go back to the others", d, p.exitcode)
+                            manifest.reap(opts.run.lease_seconds, opts.run.max_claims)
+                now = manifest.counts()
+                progress.update(now["done"] - start["done"], now["failed"] - start["failed"])
+                if not alive and not stops[0] and now["pending"] and relaunches < len(devs):
+                    # A dead engine's videos came back after the others had finished.
+                    healthy = [d for d, p in engines if p.exitcode == 0] or devs
+                    relaunches += 1
+                    log.info("%d videos came back from a dead engine: relaunching on %s", now["pending"], healthy[0])
+                    alive.append((healthy[0], launch(healthy[0])))
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    end = manifest.counts()
+    codes = [p.exitcode for _d, p in engines]  # relaunched engines included
+    state = "interrupted" if stops[0] else ("finished" if not end["pending"] and not end["running"] else "failed")
+    log.info("engines ended with %s: %s", codes, state)
+    return end["done"] - start["done"], end["failed"] - start["failed"], state, log_path
