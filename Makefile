@@ -28,6 +28,7 @@ test: venv
 
 bench: venv
 	$(BIN)/python -m bench.memory 2000
+	bash scripts/with_postgres.sh $(BIN)/python -m bench.claims
 
 clean:
 	rm -rf $(DEMO) features .pytest_cache

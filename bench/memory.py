@@ -10,7 +10,6 @@ bench/results/memory.json. Used by `make bench` and by tests/faults/test_memory.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys

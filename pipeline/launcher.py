@@ -15,7 +15,6 @@ import logging
 import multiprocessing as mp
 import os
 import signal
-import time
 from multiprocessing.connection import wait
 from pathlib import Path
 from types import FrameType

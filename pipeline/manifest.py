@@ -38,7 +38,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from pipeline.errors import PipelineError
 from pipeline.settings import JobSettings, to_text
@@ -145,14 +145,20 @@ def database_url(output_dir: str | os.PathLike[str], db: str | None) -> str:
 
 
 def _retry_locked(fn: Callable[[], T], tries: int = 8) -> T:
-    """SQLite's busy timeout covers most waits; this covers the rest with backoff."""
+    """Retry what is worth retrying, with backoff.
+
+    SQLite: a busy database (its busy timeout covers most waits, this the rest).
+    PostgreSQL: a connection that dropped (server restart, network blip in a day-long
+    run); the pool has already thrown it away, the next try opens a fresh one.
+    """
     delay = 0.05
     for attempt in range(tries):
         try:
             return fn()
-        except OperationalError as e:
+        except DBAPIError as e:
             text = str(e).lower()
-            if attempt == tries - 1 or not ("locked" in text or "busy" in text):
+            transient = e.connection_invalidated or "locked" in text or "busy" in text
+            if attempt == tries - 1 or not transient:
                 raise
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 2.0)
@@ -173,7 +179,8 @@ class Manifest:
     def _make_engine(self, url: str) -> Engine:
         if not self.is_sqlite:
             # READ COMMITTED, and claims take rows with FOR UPDATE SKIP LOCKED (see claim()).
-            return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+            # No pre-ping (a round trip per transaction): a dropped connection is retried instead.
+            return create_engine(url, pool_size=2, max_overflow=2)
         engine = create_engine(url, connect_args={"timeout": 60})
 
         @event.listens_for(engine, "connect")

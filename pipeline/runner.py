@@ -35,6 +35,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+CLAIM_SECONDS = 4.0  # claim about this much work at a time...
+MAX_CLAIM = 1024  # ...but never more rows than this
+
+
+def claim_size(batch_size: int, capacity: int, videos_per_s: float) -> int:
+    """Rows to claim at once: enough to keep decoders and a batch fed, and ~4 s of work.
+
+    Fewer, larger claims keep the manifest's share of a fast worker's time small; the
+    cap keeps the end-of-job tail short and a crashed run's claims few (they come back
+    anyway, see docs/design/claim-protocol.md).
+    """
+    return max(2 * batch_size, capacity + batch_size, min(MAX_CLAIM, int(videos_per_s * CLAIM_SECONDS)))
+
+
 @dataclass
 class RunSummary:
     run_id: str
@@ -202,7 +216,8 @@ class _Loop:
             self._stop(pool)
 
     def _claim(self, pool: DecodePool) -> list[Claim]:
-        return self.m.claim(self.run_id, max(self.batch_size, pool.capacity) * 2, self.o.lease_seconds)
+        rate = self.done / max(time.monotonic() - self.started, 1e-9)
+        return self.m.claim(self.run_id, claim_size(self.batch_size, pool.capacity, rate), self.o.lease_seconds)
 
     def _collect(self, res: Result) -> None:
         claim = self.claimed.get(res.video_id)
