@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.samples import Spec, make_tiny_clip, make_video  # noqa: E402
+from pipeline.samples import make_clips, make_tiny_clip  # noqa: E402
 
 
 def rss_kb(pid: int) -> int:
@@ -44,8 +44,7 @@ def measure(n_videos: int = 2000, workdir: Path | None = None, interval: float =
     work = Path(workdir or tempfile.mkdtemp(prefix="bench_memory_"))
     src = work / "videos"
     if not src.is_dir() or len(list(src.iterdir())) != n_videos:
-        for i in range(n_videos):
-            make_video(src / f"v{i:05d}.mp4", Spec("x.mp4", frames=5 + i % 4, width=48, height=32))
+        make_clips(src, n_videos, width=48, height=32, frames=5, vary=4)
     tiny = make_tiny_clip(work / "model")
     out = work / "out"
     cli = [sys.executable, str(ROOT / "cli.py")]

@@ -76,6 +76,13 @@ def make_video(path: Path, spec: Spec) -> Path:
     return path
 
 
+def make_clips(folder: Path, n: int, width: int = 64, height: int = 48, frames: int = 10, vary: int = 5) -> Path:
+    """n small H.264 clips v00000.mp4... whose lengths differ (frames + i % vary)."""
+    for i in range(n):
+        make_video(folder / f"v{i:05d}.mp4", Spec("clip.mp4", frames=frames + i % vary, width=width, height=height))
+    return folder
+
+
 # A small corpus that exercises the containers and codecs a collection really holds.
 DEMO_SPECS = (
     Spec("clip_h264.mp4", frames=48, width=320, height=240, bframes=2, gop=12),

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from pipeline.reader import load_features
-from pipeline.samples import Spec, make_video
+from pipeline.samples import make_clips
 from tests.conftest import Job, cli, kill_group, model_args, wait_until
 
 N_VIDEOS = 48
@@ -28,10 +28,7 @@ RUN_ARGS = ["--gpu", "cpu", "--batch-size", "2", "--shard-size", "2", "--num-wor
 
 @pytest.fixture(scope="module")
 def many(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("many")
-    for i in range(N_VIDEOS):
-        make_video(folder / f"v{i:03d}.mp4", Spec(f"v{i:03d}.mp4", frames=20 + i % 7, width=64 + 16 * (i % 3), height=48))
-    return folder
+    return make_clips(tmp_path_factory.mktemp("many"), N_VIDEOS, frames=20, vary=7)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.manifest import process_alive
-from pipeline.samples import Spec, make_video
+from pipeline.samples import make_clips
 from tests.conftest import Job, wait_until
 
 N = 60
@@ -20,10 +20,7 @@ RUN = ["--gpu", "cpu,cpu", "--num-workers", "2", "--batch-size", "2", "--shard-s
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    src = tmp_path_factory.mktemp("v")
-    for i in range(N):
-        make_video(src / f"v{i:02d}.mp4", Spec("x.mp4", frames=12 + i % 5, width=64, height=48))
-    return src
+    return make_clips(tmp_path_factory.mktemp("v"), N, frames=12)
 
 
 def engine_pids(job: Job) -> list[int]:
@@ -34,6 +31,13 @@ def engine_pids(job: Job) -> list[int]:
         pids = [r[0] for r in c.execute(text("SELECT pid FROM runs WHERE state='running'"))]
     engine.dispose()
     return pids
+
+
+def start_engines(job: Job, tmp_path: Path):
+    """`run --gpu cpu,cpu`, returned once both engines are up and committing."""
+    parent = job.start("run", *RUN, log=tmp_path / "run.log")
+    assert wait_until(lambda: len(engine_pids(job)) == 2 and job.done() >= 2, timeout=120, interval=0.05)
+    return parent
 
 
 def assert_all_once(job: Job) -> None:
@@ -62,8 +66,7 @@ def test_two_engines_share_the_job_one_log(new_job, videos: Path) -> None:
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_killing_the_parent_stops_every_engine(new_job, videos: Path, tmp_path: Path) -> None:
     job = new_job(videos)
-    parent = job.start("run", *RUN, log=tmp_path / "run.log")
-    assert wait_until(lambda: len(engine_pids(job)) == 2 and job.done() >= 2, timeout=120, interval=0.05)
+    parent = start_engines(job, tmp_path)
     pids = engine_pids(job)
     os.kill(parent.pid, signal.SIGKILL)  # the parent only: the engines must notice on their own
     parent.wait(timeout=10)
@@ -77,8 +80,7 @@ def test_killing_the_parent_stops_every_engine(new_job, videos: Path, tmp_path: 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_killing_one_engine_leaves_the_other_to_finish(new_job, videos: Path, tmp_path: Path) -> None:
     job = new_job(videos)
-    parent = job.start("run", *RUN, log=tmp_path / "run.log")
-    assert wait_until(lambda: len(engine_pids(job)) == 2 and job.done() >= 2, timeout=120, interval=0.05)
+    parent = start_engines(job, tmp_path)
     victim = engine_pids(job)[0]
     os.kill(victim, signal.SIGKILL)
     assert parent.wait(timeout=300) == 0, (tmp_path / "run.log").read_text()
@@ -89,8 +91,7 @@ def test_killing_one_engine_leaves_the_other_to_finish(new_job, videos: Path, tm
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_ctrl_c_stops_all_engines_cleanly(new_job, videos: Path, tmp_path: Path) -> None:
     job = new_job(videos)
-    parent = job.start("run", *RUN, log=tmp_path / "run.log")
-    assert wait_until(lambda: len(engine_pids(job)) == 2 and job.done() >= 2, timeout=120, interval=0.05)
+    parent = start_engines(job, tmp_path)
     os.killpg(parent.pid, signal.SIGINT)
     assert parent.wait(timeout=30) == 130
     assert job.status()["running"] == 0

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from pipeline.reader import load_features
-from pipeline.samples import Spec, make_video
+from pipeline.samples import make_clips
 from tests.conftest import ROOT, cli, model_args, status_json
 
 N = 300
@@ -52,10 +52,7 @@ def run_measuring(args: list[str], limit: int | None = None, log: Path | None = 
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    src = tmp_path_factory.mktemp("v")
-    for i in range(N):
-        make_video(src / f"v{i:03d}.mp4", Spec("x.mp4", frames=4 + i % 3, width=32, height=32))
-    return src
+    return make_clips(tmp_path_factory.mktemp("v"), N, width=32, height=32, frames=4, vary=3)
 
 
 def test_oom_halves_the_batch_and_finishes(tmp_path: Path, videos: Path, tiny_model) -> None:

@@ -14,19 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.samples import Spec, make_video
+from pipeline.samples import make_clips
 from tests.conftest import ROOT, cli, kill_group, model_args, start_cli, status_json, wait_until
 
-N = 60
+N = 40
 RUN = ["--gpu", "cpu", "--num-workers", "1", "--batch-size", "1", "--shard-size", "1"]
 
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    src = tmp_path_factory.mktemp("v")
-    for i in range(N):
-        make_video(src / f"v{i:02d}.mp4", Spec("x.mp4", frames=6 + i % 5, width=32, height=32))
-    return src
+    return make_clips(tmp_path_factory.mktemp("v"), N, width=32, height=32, frames=6)
 
 
 def job(tmp_path: Path, videos: Path, tiny) -> Path:
@@ -114,7 +111,7 @@ def test_watchers_never_make_writers_fail(tmp_path: Path, videos: Path, tiny_mod
 def test_sigkill_during_heavy_claiming_keeps_the_manifest_consistent(tmp_path: Path, videos: Path, tiny_model) -> None:
     out = job(tmp_path, videos, tiny_model)
     rng = random.Random(3)
-    for round_ in range(3):
+    for round_ in range(2):
         runs = [start_cli("run", "--output-dir", str(out), *RUN) for _ in range(4)]
         before = done(out)
         wait_until(lambda b=before: done(out) > b, timeout=120, interval=0.02)
