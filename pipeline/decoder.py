@@ -19,6 +19,10 @@ import numpy as np
 # A stream where more than this share of packets yields no frame is damaged, not short.
 MIN_DECODED_SHARE = 0.5
 
+# Containers whose packets carry presentation timestamps, so pts order is display order.
+# AVI's "pts" is a decode-order counter: with B-frames it names the wrong frames.
+PTS_CONTAINERS = {"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "mpegts", "mpeg", "flv", "asf", "ogg"}
+
 
 class DecodeError(Exception):
     """The file cannot give its frames; the message is the reason users will read."""
@@ -29,6 +33,7 @@ class Sampled:
     frames: list[Any]  # one per target, in target order (repeats share an object)
     n: int  # frames in the stream
     indices: list[int]
+    decoded: int = 0  # frames the decoder produced to get them (the cost)
 
 
 def sample_indices(n: int, k: int) -> list[int]:
@@ -75,18 +80,113 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def count_packets(path: str) -> int:
-    """Video packets with data: the frame count a well-formed stream will decode to."""
+@dataclass(frozen=True)
+class PacketIndex:
+    """The video stream's packets in decode order, read without decoding anything."""
+
+    pts: list[int | None]
+    key: list[bool]
+    container: str = ""
+
+    @property
+    def n(self) -> int:
+        return len(self.pts)
+
+
+def index_packets(path: str) -> PacketIndex:
     with _open(path) as c:
         stream = _video_stream(c)
-        n = 0
+        pts: list[int | None] = []
+        key: list[bool] = []
         try:
             for packet in c.demux(stream):
                 if packet.size:
-                    n += 1
+                    pts.append(packet.pts)
+                    key.append(bool(packet.is_keyframe))
         except av.FFmpegError as e:
             raise DecodeError(f"cannot read packets: {_reason(e)}") from None
-        return n
+        return PacketIndex(pts, key, c.format.name)
+
+
+def _plan(index: PacketIndex, indices: list[int]) -> list[tuple[int, set[int]]] | None:
+    """Targets grouped by the keyframe (decode position) each must be decoded from.
+
+    None when timestamps cannot identify frames (missing or repeated pts).
+    """
+    if index.container not in PTS_CONTAINERS:
+        return None
+    if any(p is None for p in index.pts) or len(set(index.pts)) != index.n:
+        return None
+    display = sorted(index.pts)  # type: ignore[type-var]
+    position = {p: i for i, p in enumerate(index.pts)}
+    groups: dict[int, set[int]] = {}
+    for t in set(indices):
+        pts = display[t]
+        j = position[pts]
+        # The last keyframe at or before the target in decode order that is not shown after it.
+        k = next((i for i in range(j, -1, -1) if index.key[i] and index.pts[i] <= pts), None)  # type: ignore[operator]
+        if k is None:
+            return None
+        groups.setdefault(k, set()).add(pts)
+    return sorted(groups.items())
+
+
+def _planned_pass(
+    path: str, index: PacketIndex, indices: list[int], convert: Callable[[av.VideoFrame], Any], threads: int
+) -> tuple[dict[int, Any], int] | None:
+    """Decode only what the targets need, exactly; None where that cannot be done here.
+
+    Seeks forward only, to the keyframe of a target's GOP, and only when that GOP lies
+    ahead of the decoder; feeds non-reference frames to the decoder only when they are
+    targets (skip_frame NONREF otherwise: nothing depends on them); stops after the last
+    target. Returns ({display index: converted frame}, frames decoded).
+    """
+    groups = _plan(index, indices)
+    if groups is None:
+        return None
+    display = sorted(index.pts)  # type: ignore[type-var]
+    by_pts = {display[t]: t for t in set(indices)}
+    wanted = set(by_pts)
+    position = {p: i for i, p in enumerate(index.pts)}
+    kept: dict[int, Any] = {}
+    decoded = 0
+    try:
+        with _open(path) as c:
+            stream = _video_stream(c)
+            ctx = stream.codec_context
+            ctx.thread_count = threads
+            packets = None
+            pos = -1  # decode position of the last packet fed
+            last_out = None  # pts of the last frame out since the last seek
+            for k, group in groups:
+                if group <= set(kept):
+                    continue
+                if packets is None or pos is None or k > pos + 1:  # the GOP lies ahead: seek to it
+                    c.seek(index.pts[k], stream=stream, backward=True, any_frame=False)
+                    ctx.flush_buffers()
+                    packets = c.demux(stream)
+                    pos = last_out = None  # pos is set by the first packet read
+                for packet in packets:
+                    if packet.size:
+                        at = position.get(packet.pts)
+                        if at is None or (pos is None and at > k):
+                            return None  # unknown packet, or the seek overshot the keyframe
+                        pos = at
+                        ctx.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
+                    for frame in ctx.decode(packet):
+                        decoded += 1
+                        if frame.pts is None or (last_out is not None and frame.pts <= last_out):
+                            return None  # output is not in pts order: pts does not give display order
+                        last_out = frame.pts
+                        if frame.pts in wanted and frame.pts not in kept:
+                            kept[frame.pts] = convert(frame)
+                    if group <= set(kept):
+                        break
+                if not group <= set(kept):
+                    return None  # a target never came out: damaged, or not what the index says
+    except av.FFmpegError:
+        return None  # let the full pass find and word the error
+    return {by_pts[p]: v for p, v in kept.items()}, decoded
 
 
 def _decode_pass(path: str, targets: set[int], convert: Callable[[av.VideoFrame], Any], threads: int) -> tuple[dict[int, Any], int]:
@@ -115,19 +215,27 @@ def sample_frames(
     num_frames: int,
     convert: Callable[[av.VideoFrame], Any] = to_rgb,
     threads: int = 1,
+    plan: bool = True,
 ) -> Sampled:
     """The N target frames of a video, each passed through `convert`.
 
-    First pass: count packets (no decoding) and pick targets. Second pass: decode,
-    keeping the targets. If the decoder's count differs from the packet count the
-    targets were wrong, so they are picked again from the decoded count and the
-    stream decoded once more; a stream that loses most of its frames is damaged.
+    Index the packets (no decoding) and pick targets from their count. Then decode
+    only what the targets need (see _planned_pass). Where that cannot be done exactly,
+    decode the whole stream instead, and if the decoder's frame count differs from the
+    packet count, pick the targets again from the decoded count and decode once more;
+    a stream that loses most of its frames is damaged.
     """
-    expected = count_packets(path)
+    index = index_packets(path)
+    expected = index.n
     if expected == 0:
         raise DecodeError("the video stream has no packets")
     indices = sample_indices(expected, num_frames)
+    planned = _planned_pass(path, index, indices, convert, threads) if plan else None
+    if planned is not None:
+        kept, decoded = planned
+        return Sampled([kept[i] for i in indices], expected, indices, decoded)
     kept, n = _decode_pass(path, set(indices), convert, threads)
+    decoded = n
     if n != expected:
         if n == 0:
             raise DecodeError(f"no frame decodes ({expected} packets)")
@@ -135,6 +243,7 @@ def sample_frames(
             raise DecodeError(f"damaged stream: only {n} of {expected} packets decode to frames")
         indices = sample_indices(n, num_frames)
         kept, n2 = _decode_pass(path, set(indices), convert, threads)
+        decoded += n2
         if n2 != n:
             raise DecodeError(f"decoding is not repeatable: {n} frames, then {n2}")
-    return Sampled([kept[i] for i in indices], n, indices)
+    return Sampled([kept[i] for i in indices], n, indices, decoded)

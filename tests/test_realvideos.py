@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.decoder import sample_frames
 from pipeline.reader import load_features
 from tests.conftest import REALVIDEOS, cli, model_args, status_json
 from tests.reference import load_open_clip, reference_feature, reference_frames
@@ -59,3 +60,16 @@ def test_every_readable_video_matches_the_definition(job: Path, tiny_model) -> N
         worst = min(worst, cos)
         assert cos >= 0.999, f"{Path(path).name}: cosine {cos:.5f}"
     print(f"{len(feats.paths)} real videos, worst cosine to the definition {worst:.6f}")
+
+
+def test_sampled_frames_pixel_exact_on_real_videos(job: Path) -> None:
+    """The decode plan (seeks, skipped non-reference frames) against a full sequential decode."""
+    saved = 0
+    for path in load_features(job).paths:
+        got = sample_frames(path, 8)
+        want, n = reference_frames(path, 8)
+        assert got.n == n, path
+        for i, (a, b) in enumerate(zip(got.frames, want)):
+            assert np.array_equal(a, b), f"{Path(path).name}: frame {i} differs from the full decode"
+        saved += n - got.decoded
+    assert saved > 3000, "the plan decoded about as much as a full decode"
