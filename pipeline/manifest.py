@@ -13,7 +13,7 @@ import random
 import re
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -510,17 +510,11 @@ class Manifest:
 
         return self.write(fail)
 
-    def release(self, run_id: str, ids: Iterable[int] | None = None) -> int:
-        """Give claims back untouched (a clean stop): no attempt is counted."""
-        cond = and_(videos.c.owner == run_id, videos.c.status == "running")
-        if ids is not None:
-            ids = list(ids)
-            if not ids:
-                return 0
-            cond = and_(cond, videos.c.id.in_(ids))
+    def release(self, run_id: str) -> int:
+        """Give this run's claims back untouched (a clean stop): no attempt is counted."""
         stmt = (
             update(videos)
-            .where(cond)
+            .where(and_(videos.c.owner == run_id, videos.c.status == "running"))
             .values(status="pending", owner=None, lease_until=None, claims=func.max(videos.c.claims - 1, 0)
                     if self.is_sqlite else func.greatest(videos.c.claims - 1, 0))
         )
@@ -560,10 +554,6 @@ class Manifest:
             .order_by(videos.c.id)
         )
         return [DoneRow(*r) for r in self.read(lambda c: c.execute(q).all())]
-
-    def committed_shards(self) -> set[str]:
-        q = select(videos.c.shard).where(videos.c.shard.is_not(None)).distinct()
-        return {r[0] for r in self.read(lambda c: c.execute(q).all())}
 
 
 def _with_driver(url: str) -> str:

@@ -99,7 +99,6 @@ class DecodePool:
         self._args = (num_frames, geometry, threads)
         self.depth = depth
         self.workers = [_Worker(self._ctx, self._args) for _ in range(num_workers)]
-        self.restarts = 0
 
     @property
     def capacity(self) -> int:
@@ -149,7 +148,6 @@ class DecodePool:
         lost = list(w.queue)
         w.conn.close()
         self.workers[self.workers.index(w)] = fresh = _Worker(self._ctx, self._args)
-        self.restarts += 1
         failed = []
         if lost:
             failed.append(Result(lost[0].video_id, None, 0, reason, final))
