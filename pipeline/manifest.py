@@ -180,7 +180,12 @@ class Manifest:
         if not self.is_sqlite:
             # READ COMMITTED, and claims take rows with FOR UPDATE SKIP LOCKED (see claim()).
             # No pre-ping (a round trip per transaction): a dropped connection is retried instead.
-            return create_engine(url, pool_size=2, max_overflow=2)
+            # A client frozen inside a transaction (SIGSTOP, swap storm) would hold its row
+            # locks for ever: the server ends such a transaction after a minute.
+            return create_engine(
+                url, pool_size=2, max_overflow=2,
+                connect_args={"options": "-c idle_in_transaction_session_timeout=60000"},
+            )
         engine = create_engine(url, connect_args={"timeout": 60})
 
         @event.listens_for(engine, "connect")

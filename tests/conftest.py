@@ -132,6 +132,29 @@ class Job:
         finally:
             engine.dispose()
 
+    def writable(self) -> bool:
+        """Could another run write now? (False while a frozen run sits inside a transaction.)"""
+        if self.db is None:
+            import sqlite3
+
+            try:
+                with sqlite3.connect(self.out / "manifest.sqlite", timeout=0.2, isolation_level=None) as c:
+                    c.execute("BEGIN IMMEDIATE")
+                    c.execute("ROLLBACK")
+                return True
+            except sqlite3.OperationalError:
+                return False
+        import psycopg
+
+        try:
+            with psycopg.connect(self.db) as c:
+                c.execute("SET lock_timeout = '200ms'")
+                c.execute("SELECT count(*) FROM (SELECT id FROM videos FOR UPDATE) s")
+                c.rollback()
+            return True
+        except psycopg.Error:
+            return False
+
     def done(self) -> int:
         return self.query("SELECT count(*) FROM videos WHERE status='done'") or 0
 

@@ -100,7 +100,17 @@ def test_stalled_run_loses_its_claims_and_commits_nothing_stale(tmp_path: Path, 
     slow = job.start("run", *RUN_ARGS, "--lease-seconds", "3", log=tmp_path / "slow.log")
     try:
         assert wait_until(lambda: job.done() > 0, timeout=120, interval=0.05)
-        slow.send_signal(signal.SIGSTOP)  # alive but silent: only its lease can free its rows
+        # Alive but silent: only its lease can free its rows. Frozen between transactions:
+        # frozen inside one it would hold SQLite's single writer lock, and every writer
+        # would wait for it (see docs/design/claim-protocol.md).
+        for _ in range(100):
+            slow.send_signal(signal.SIGSTOP)
+            if job.writable():
+                break
+            slow.send_signal(signal.SIGCONT)
+            time.sleep(0.05)
+        else:
+            raise AssertionError("could not freeze the run between transactions")
         time.sleep(3.5)
         job.cli("run", *RUN_ARGS, "--lease-seconds", "3")
         slow.send_signal(signal.SIGCONT)
