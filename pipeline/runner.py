@@ -216,7 +216,10 @@ class _Loop:
             self._stop(pool)
 
     def _claim(self, pool: DecodePool) -> list[Claim]:
-        rate = self.done / max(time.monotonic() - self.started, 1e-9)
+        elapsed = time.monotonic() - self.started
+        # A rate from the first seconds is noise (and would let the first engine of
+        # several grab everything before the others start): claim small until then.
+        rate = self.done / elapsed if elapsed >= CLAIM_SECONDS else 0.0
         return self.m.claim(self.run_id, claim_size(self.batch_size, pool.capacity, rate), self.o.lease_seconds)
 
     def _collect(self, res: Result) -> None:
