@@ -159,7 +159,7 @@ def _planned_pass(
             pos = -1  # decode position of the last packet fed
             last_out = None  # pts of the last frame out since the last seek
             for k, group in groups:
-                if group <= set(kept):
+                if group <= kept.keys():
                     continue
                 if packets is None or pos is None or k > pos + 1:  # the GOP lies ahead: seek to it
                     c.seek(index.pts[k], stream=stream, backward=True, any_frame=False)
@@ -180,9 +180,9 @@ def _planned_pass(
                         last_out = frame.pts
                         if frame.pts in wanted and frame.pts not in kept:
                             kept[frame.pts] = convert(frame)
-                    if group <= set(kept):
+                    if group <= kept.keys():
                         break
-                if not group <= set(kept):
+                if not group <= kept.keys():
                     return None  # a target never came out: damaged, or not what the index says
     except av.FFmpegError:
         return None  # let the full pass find and word the error
