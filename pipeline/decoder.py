@@ -9,8 +9,10 @@ damaged rather than short.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import av
@@ -43,11 +45,14 @@ def sample_indices(n: int, k: int) -> list[int]:
     return [int(i) for i in np.round(np.linspace(0, n - 1, k))]
 
 
+def quarter_turns(rotation: float | int | None) -> int:
+    """A display-matrix rotation (degrees counter-clockwise, as FFmpeg reports it) in quarter turns."""
+    return int(round((rotation or 0) / 90.0)) % 4
+
+
 def upright(rgb: np.ndarray, rotation: float | int | None) -> np.ndarray:
-    """Apply a display-matrix rotation (degrees counter-clockwise, as FFmpeg reports it)."""
-    if not rotation:
-        return rgb
-    quarter = int(round(rotation / 90.0)) % 4
+    """Apply a display-matrix rotation."""
+    quarter = quarter_turns(rotation)
     return np.ascontiguousarray(np.rot90(rgb, k=quarter)) if quarter else rgb
 
 
@@ -61,9 +66,9 @@ def _video_stream(container: av.container.InputContainer) -> av.video.stream.Vid
     return real[0]
 
 
-def _open(path: str) -> av.container.InputContainer:
+def _open(path: str, hwaccel: Any = None) -> av.container.InputContainer:
     try:
-        return av.open(path, mode="r", metadata_errors="ignore")
+        return av.open(path, mode="r", metadata_errors="ignore", hwaccel=hwaccel)
     except FileNotFoundError:
         raise DecodeError("file not found (vanished since the scan?)") from None
     except IsADirectoryError:
@@ -92,37 +97,51 @@ class PacketIndex:
     def n(self) -> int:
         return len(self.pts)
 
+    @cached_property
+    def display(self) -> list[int] | None:
+        """Every packet's pts in display order; None where pts cannot name frames."""
+        if self.container not in PTS_CONTAINERS:
+            return None
+        if any(p is None for p in self.pts) or len(set(self.pts)) != self.n:
+            return None
+        return sorted(self.pts)  # type: ignore[arg-type]
+
+    @cached_property
+    def position(self) -> dict[int | None, int]:
+        """pts -> decode position."""
+        return {p: i for i, p in enumerate(self.pts)}
+
+
+def _index(c: av.container.InputContainer, stream: av.video.stream.VideoStream) -> PacketIndex:
+    pts: list[int | None] = []
+    key: list[bool] = []
+    try:
+        for packet in c.demux(stream):
+            if packet.size:
+                pts.append(packet.pts)
+                key.append(bool(packet.is_keyframe))
+    except av.FFmpegError as e:
+        raise DecodeError(f"cannot read packets: {_reason(e)}") from None
+    return PacketIndex(pts, key, c.format.name)
+
 
 def index_packets(path: str) -> PacketIndex:
     with _open(path) as c:
-        stream = _video_stream(c)
-        pts: list[int | None] = []
-        key: list[bool] = []
-        try:
-            for packet in c.demux(stream):
-                if packet.size:
-                    pts.append(packet.pts)
-                    key.append(bool(packet.is_keyframe))
-        except av.FFmpegError as e:
-            raise DecodeError(f"cannot read packets: {_reason(e)}") from None
-        return PacketIndex(pts, key, c.format.name)
+        return _index(c, _video_stream(c))
 
 
-def _plan(index: PacketIndex, indices: list[int]) -> list[tuple[int, set[int]]] | None:
-    """Targets grouped by the keyframe (decode position) each must be decoded from.
+def plan_groups(index: PacketIndex, indices: list[int]) -> list[tuple[int, set[int]]] | None:
+    """Targets (as pts) grouped by the keyframe (decode position) each must be decoded from.
 
     None when timestamps cannot identify frames (missing or repeated pts).
     """
-    if index.container not in PTS_CONTAINERS:
+    display = index.display
+    if display is None:
         return None
-    if any(p is None for p in index.pts) or len(set(index.pts)) != index.n:
-        return None
-    display = sorted(index.pts)  # type: ignore[type-var]
-    position = {p: i for i, p in enumerate(index.pts)}
     groups: dict[int, set[int]] = {}
     for t in set(indices):
         pts = display[t]
-        j = position[pts]
+        j = index.position[pts]
         # The last keyframe at or before the target in decode order that is not shown after it.
         k = next((i for i in range(j, -1, -1) if index.key[i] and index.pts[i] <= pts), None)  # type: ignore[operator]
         if k is None:
@@ -132,7 +151,7 @@ def _plan(index: PacketIndex, indices: list[int]) -> list[tuple[int, set[int]]] 
 
 
 def _planned_pass(
-    path: str, index: PacketIndex, indices: list[int], convert: Callable[[av.VideoFrame], Any], threads: int
+    c: av.container.InputContainer, index: PacketIndex, indices: list[int], convert: Callable[[av.VideoFrame], Any]
 ) -> tuple[dict[int, Any], int] | None:
     """Decode only what the targets need, exactly; None where that cannot be done here.
 
@@ -141,59 +160,126 @@ def _planned_pass(
     targets (skip_frame NONREF otherwise: nothing depends on them); stops after the last
     target. Returns ({display index: converted frame}, frames decoded).
     """
-    groups = _plan(index, indices)
+    groups = plan_groups(index, indices)
     if groups is None:
         return None
-    display = sorted(index.pts)  # type: ignore[type-var]
+    display, position = index.display, index.position
+    assert display is not None
     by_pts = {display[t]: t for t in set(indices)}
     wanted = set(by_pts)
-    position = {p: i for i, p in enumerate(index.pts)}
     kept: dict[int, Any] = {}
     decoded = 0
+    stream = _video_stream(c)
+    ctx = stream.codec_context
+    packets = None
+    pos = -1  # decode position of the last packet fed
+    last_out = None  # pts of the last frame out since the last seek
     try:
-        with _open(path) as c:
-            stream = _video_stream(c)
-            ctx = stream.codec_context
-            ctx.thread_count = threads
-            packets = None
-            pos = -1  # decode position of the last packet fed
-            last_out = None  # pts of the last frame out since the last seek
-            for k, group in groups:
+        for k, group in groups:
+            if group <= kept.keys():
+                continue
+            if packets is None or pos is None or k > pos + 1:  # the GOP lies ahead: seek to it
+                c.seek(index.pts[k], stream=stream, backward=True, any_frame=False)
+                ctx.flush_buffers()
+                packets = c.demux(stream)
+                pos = last_out = None  # pos is set by the first packet read
+            for packet in packets:
+                if packet.size:
+                    at = position.get(packet.pts)
+                    if at is None or (pos is None and at > k):
+                        return None  # unknown packet, or the seek overshot the keyframe
+                    pos = at
+                    ctx.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
+                for frame in ctx.decode(packet):
+                    decoded += 1
+                    if frame.pts is None or (last_out is not None and frame.pts <= last_out):
+                        return None  # output is not in pts order: pts does not give display order
+                    last_out = frame.pts
+                    if frame.pts in wanted and frame.pts not in kept:
+                        kept[frame.pts] = convert(frame)
                 if group <= kept.keys():
-                    continue
-                if packets is None or pos is None or k > pos + 1:  # the GOP lies ahead: seek to it
-                    c.seek(index.pts[k], stream=stream, backward=True, any_frame=False)
-                    ctx.flush_buffers()
-                    packets = c.demux(stream)
-                    pos = last_out = None  # pos is set by the first packet read
-                for packet in packets:
-                    if packet.size:
-                        at = position.get(packet.pts)
-                        if at is None or (pos is None and at > k):
-                            return None  # unknown packet, or the seek overshot the keyframe
-                        pos = at
-                        ctx.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
-                    for frame in ctx.decode(packet):
-                        decoded += 1
-                        if frame.pts is None or (last_out is not None and frame.pts <= last_out):
-                            return None  # output is not in pts order: pts does not give display order
-                        last_out = frame.pts
-                        if frame.pts in wanted and frame.pts not in kept:
-                            kept[frame.pts] = convert(frame)
-                    if group <= kept.keys():
-                        break
-                if not group <= kept.keys():
-                    return None  # a target never came out: damaged, or not what the index says
+                    break
+            if not group <= kept.keys():
+                return None  # a target never came out: damaged, or not what the index says
     except av.FFmpegError:
         return None  # let the full pass find and word the error
+    finally:
+        ctx.skip_frame = "DEFAULT"
     return {by_pts[p]: v for p, v in kept.items()}, decoded
 
 
-def _decode_pass(path: str, targets: set[int], convert: Callable[[av.VideoFrame], Any], threads: int) -> tuple[dict[int, Any], int]:
+def nearest_keyframes(index: PacketIndex, indices: list[int]) -> list[int] | None:
+    """For each target (display index), the display index of the keyframe nearest it.
+
+    Ties go to the earlier keyframe. None where pts cannot name frames.
+    """
+    display = index.display
+    if display is None:
+        return None
+    rank = {p: i for i, p in enumerate(display)}
+    keys = sorted(rank[p] for p, k in zip(index.pts, index.key) if k)
+    if not keys:
+        return None
+    chosen = []
+    for t in indices:
+        i = bisect.bisect_right(keys, t)  # keys[:i] are at or before t
+        before = keys[i - 1] if i else None
+        after = keys[i] if i < len(keys) else None
+        if before is None or (after is not None and after - t < t - before):
+            chosen.append(after)
+        else:
+            chosen.append(before)
+    return chosen
+
+
+def _keyframe_pass(
+    c: av.container.InputContainer, index: PacketIndex, chosen: list[int], convert: Callable[[av.VideoFrame], Any]
+) -> tuple[dict[int, Any], int] | None:
+    """Decode each chosen keyframe on its own: seek, feed its one packet, drain, reset.
+
+    Nothing else is decoded (skip_frame NONKEY guards it). None where a seek does not
+    land on the keyframe or it does not come out, and the caller decodes exactly instead.
+    """
+    display = index.display
+    assert display is not None
+    stream = _video_stream(c)
+    ctx = stream.codec_context
+    kept: dict[int, Any] = {}
+    decoded = 0
+    try:
+        ctx.skip_frame = "NONKEY"
+        for d in sorted(set(chosen)):
+            pts = display[d]
+            c.seek(pts, stream=stream, backward=True, any_frame=False)
+            ctx.flush_buffers()
+            for packet in c.demux(stream):
+                if not packet.size:
+                    continue
+                at = index.position.get(packet.pts)
+                if at is None or at > index.position[pts]:
+                    return None
+                if packet.pts != pts:
+                    continue  # the seek landed on an earlier keyframe: read on to ours
+                for frame in (*ctx.decode(packet), *ctx.decode(None)):
+                    decoded += 1
+                    if frame.pts == pts:
+                        kept[d] = convert(frame)
+                ctx.flush_buffers()  # leave draining mode for the next keyframe
+                break
+            if d not in kept:
+                return None
+    except av.FFmpegError:
+        return None
+    finally:
+        ctx.skip_frame = "DEFAULT"
+    return kept, decoded
+
+
+def _decode_pass(path: str, targets: set[int], convert: Callable[[av.VideoFrame], Any], threads: int, hwaccel: Any) -> tuple[dict[int, Any], int]:
     """Decode the whole stream once, converting only the target frames; return (kept, n)."""
     kept: dict[int, Any] = {}
     n = 0
-    with _open(path) as c:
+    with _open(path, hwaccel) as c:
         stream = _video_stream(c)
         stream.codec_context.thread_count = threads
         try:
@@ -216,25 +302,37 @@ def sample_frames(
     convert: Callable[[av.VideoFrame], Any] = to_rgb,
     threads: int = 1,
     plan: bool = True,
+    sampling: str = "exact",
+    hwaccel: Any = None,
 ) -> Sampled:
     """The N target frames of a video, each passed through `convert`.
 
     Index the packets (no decoding) and pick targets from their count. Then decode
-    only what the targets need (see _planned_pass). Where that cannot be done exactly,
-    decode the whole stream instead, and if the decoder's frame count differs from the
-    packet count, pick the targets again from the decoded count and decode once more;
-    a stream that loses most of its frames is damaged.
+    only what the targets need (see _planned_pass), in the same open container. Where
+    that cannot be done exactly, decode the whole stream instead, and if the decoder's
+    frame count differs from the packet count, pick the targets again from the decoded
+    count and decode once more; a stream that loses most of its frames is damaged.
+    `sampling="keyframes"` takes the keyframe nearest each target instead (approximate,
+    much cheaper), and falls back to the exact frames where keyframes cannot be named.
     """
-    index = index_packets(path)
-    expected = index.n
-    if expected == 0:
-        raise DecodeError("the video stream has no packets")
-    indices = sample_indices(expected, num_frames)
-    planned = _planned_pass(path, index, indices, convert, threads) if plan else None
+    with _open(path, hwaccel) as c:
+        stream = _video_stream(c)
+        stream.codec_context.thread_count = threads
+        index = _index(c, stream)
+        expected = index.n
+        if expected == 0:
+            raise DecodeError("the video stream has no packets")
+        indices = sample_indices(expected, num_frames)
+        if sampling == "keyframes" and (chosen := nearest_keyframes(index, indices)) is not None:
+            got = _keyframe_pass(c, index, chosen, convert)
+            if got is not None:
+                kept, decoded = got
+                return Sampled([kept[i] for i in chosen], expected, chosen, decoded)
+        planned = _planned_pass(c, index, indices, convert) if plan else None
     if planned is not None:
         kept, decoded = planned
         return Sampled([kept[i] for i in indices], expected, indices, decoded)
-    kept, n = _decode_pass(path, set(indices), convert, threads)
+    kept, n = _decode_pass(path, set(indices), convert, threads, hwaccel)
     decoded = n
     if n != expected:
         if n == 0:
@@ -242,7 +340,7 @@ def sample_frames(
         if n < expected * MIN_DECODED_SHARE:
             raise DecodeError(f"damaged stream: only {n} of {expected} packets decode to frames")
         indices = sample_indices(n, num_frames)
-        kept, n2 = _decode_pass(path, set(indices), convert, threads)
+        kept, n2 = _decode_pass(path, set(indices), convert, threads, hwaccel)
         decoded += n2
         if n2 != n:
             raise DecodeError(f"decoding is not repeatable: {n} frames, then {n2}")

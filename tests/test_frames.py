@@ -10,10 +10,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
-from pipeline.decoder import DecodeError, sample_frames, sample_indices
+from pipeline.decoder import DecodeError, PacketIndex, index_packets, nearest_keyframes, sample_frames, sample_indices
 from pipeline.samples import Spec, frame_image, make_video
 from tests.conftest import REALVIDEOS
 from tests.reference import reference_frames
@@ -97,3 +98,43 @@ def test_broken_files_raise_with_reason(corpus: Path) -> None:
             sample_frames(str(corpus / "broken" / name), 8)
     with pytest.raises(DecodeError, match="not found"):
         sample_frames(str(corpus / "no_such_file.mp4"), 8)
+
+
+def test_nearest_keyframes_definition() -> None:
+    # Keyframes at display 0, 10, 20 (pts 0, 10, 20); decode order puts B-frames after refs.
+    index = PacketIndex(pts=[0, 2, 1] + list(range(3, 30)), key=[i in (0, 10, 20) for i in [0, 2, 1] + list(range(3, 30))],
+                        container="matroska,webm")
+    assert nearest_keyframes(index, [0, 4, 5, 6, 14, 16, 29]) == [0, 0, 0, 10, 10, 20, 20]  # ties go earlier
+    assert nearest_keyframes(PacketIndex([0, 1], [True, False], "avi"), [0, 1]) is None  # pts are not display order
+
+
+KEYFRAME_SPECS = [
+    Spec("h264_bframes.mp4", frames=61, width=320, height=180, bframes=3, gop=25),
+    Spec("hevc_gop8.mp4", frames=40, width=128, height=96, codec="libx265", gop=8,
+         options=(("x265-params", "log-level=error"),)),
+    Spec("vp9_gop10.webm", frames=33, width=192, height=108, codec="libvpx-vp9", gop=10,
+         options=(("deadline", "realtime"), ("cpu-used", "8"))),
+]
+
+
+@pytest.mark.parametrize("spec", KEYFRAME_SPECS, ids=lambda s: s.name)
+def test_keyframe_sampling(tmp_path: Path, spec: Spec) -> None:
+    """The approximate mode: the keyframe nearest each target, pixel-exact, and only those decoded."""
+    path = str(make_video(tmp_path / spec.name, spec))
+    got = sample_frames(path, 8, sampling="keyframes")
+    index = index_packets(path)
+    assert got.indices == nearest_keyframes(index, sample_indices(index.n, 8))
+    rank = {p: i for i, p in enumerate(sorted(index.pts))}
+    keys = {rank[p] for p, k in zip(index.pts, index.key) if k}
+    assert set(got.indices) <= keys and len(set(got.indices)) > 1
+    assert got.decoded == len(set(got.indices)), "decoded frames other than the chosen keyframes"
+    with av.open(path) as c:
+        full = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    for i, frame in zip(got.indices, got.frames):
+        assert np.array_equal(frame, full[i])
+        assert frame_number(frame) == i
+
+
+def test_keyframe_sampling_falls_back_to_exact_without_pts(videos: dict[str, Path]) -> None:
+    path = str(videos["mpeg4.avi"])
+    assert sample_frames(path, 8, sampling="keyframes").indices == sample_indices(40, 8)
