@@ -46,7 +46,19 @@ Pretrained = Annotated[
     Optional[str], _opt("--pretrained", help="open_clip tag, local checkpoint path, or none [default: openai].")
 ]
 NumFrames = Annotated[Optional[int], _opt("--num-frames", help="Frames sampled per video [default: 8].")]
-Sampling = Annotated[Optional[str], _opt("--sampling", help="Frame sampling mode [default: exact].")]
+Sampling = Annotated[
+    Optional[str], _opt("--sampling", help="exact, or keyframes: the keyframe nearest each target (approximate, much faster) [default: exact].")
+]
+Resize = Annotated[
+    Optional[str], _opt("--resize", help="swscale (one C call from YUV, default) or pil (open_clip's exact arithmetic, slower).")
+]
+Decoder = Annotated[
+    Optional[str], _opt("--decoder", help="cpu, or nvdec: decode on the run's GPU, falling back to the CPU per video [default: cpu].")
+]
+DecodeThreads = Annotated[
+    Optional[int], _opt("--decode-threads", help="FFmpeg threads per decode worker [default: cores / workers].")
+]
+Cores = Annotated[Optional[int], _opt("--cores", help="CPU cores the run may use [default: all it may run on].")]
 SaveFrames = Annotated[Optional[bool], _flag("--save-frames", help="Keep per-frame features too.")]
 Gpu = Annotated[Optional[str], _opt("--gpu", help="auto, cpu, or a CUDA device index [default: auto].")]
 BatchSize = Annotated[Optional[int], _opt("--batch-size", help="Videos per forward pass [default: 64].")]
@@ -73,14 +85,15 @@ def _options(config: str | None, **flags: Any) -> Any:
 @app.command()
 def scan(
     video_dir: VideoDir = None, output_dir: OutputDir = None, db: Db = None, model: Model = None,
-    pretrained: Pretrained = None, num_frames: NumFrames = None, sampling: Sampling = None,
+    pretrained: Pretrained = None, num_frames: NumFrames = None, sampling: Sampling = None, resize: Resize = None,
     save_frames: SaveFrames = None, extensions: Extensions = None, config: Config = None,
 ) -> None:
     """Register every video under --video-dir in the job's manifest (creates the job)."""
     from pipeline import commands
 
     opts = _options(config, video_dir=video_dir, output_dir=output_dir, db=db, model=model, pretrained=pretrained,
-                    num_frames=num_frames, sampling=sampling, save_frames=save_frames, extensions=extensions)
+                    num_frames=num_frames, sampling=sampling, resize=resize, save_frames=save_frames,
+                    extensions=extensions)
     commands.scan(opts)
 
 
@@ -89,8 +102,8 @@ def run(
     output_dir: OutputDir = None, db: Db = None, gpu: Gpu = None, batch_size: BatchSize = None,
     num_workers: NumWorkers = None, retry_failed: RetryFailed = None, max_attempts: MaxAttempts = None,
     shard_size: ShardSize = None, lease_seconds: LeaseSeconds = None, decode_timeout: DecodeTimeout = None,
-    model: Model = None,
-    pretrained: Pretrained = None, num_frames: NumFrames = None, sampling: Sampling = None,
+    decoder: Decoder = None, decode_threads: DecodeThreads = None, cores: Cores = None, model: Model = None,
+    pretrained: Pretrained = None, num_frames: NumFrames = None, sampling: Sampling = None, resize: Resize = None,
     save_frames: SaveFrames = None, config: Config = None,
 ) -> None:
     """Process pending videos until none is left; rerun it after any crash to resume."""
@@ -98,9 +111,9 @@ def run(
 
     opts = _options(config, output_dir=output_dir, db=db, gpu=gpu, batch_size=batch_size, num_workers=num_workers,
                     retry_failed=retry_failed, max_attempts=max_attempts, shard_size=shard_size,
-                    lease_seconds=lease_seconds, decode_timeout=decode_timeout, model=model, pretrained=pretrained,
-                    num_frames=num_frames,
-                    sampling=sampling, save_frames=save_frames)
+                    lease_seconds=lease_seconds, decode_timeout=decode_timeout, decoder=decoder,
+                    decode_threads=decode_threads, cores=cores, model=model, pretrained=pretrained,
+                    num_frames=num_frames, sampling=sampling, resize=resize, save_frames=save_frames)
     raise typer.Exit(commands.run(opts))
 
 
@@ -127,17 +140,19 @@ def export(output_dir: OutputDir = None, db: Db = None, format: Format = None, c
 @app.command()
 def extract(
     video_dir: VideoDir = None, output_dir: OutputDir = None, db: Db = None, model: Model = None,
-    pretrained: Pretrained = None, num_frames: NumFrames = None, sampling: Sampling = None,
+    pretrained: Pretrained = None, num_frames: NumFrames = None, sampling: Sampling = None, resize: Resize = None,
     save_frames: SaveFrames = None, extensions: Extensions = None, gpu: Gpu = None, batch_size: BatchSize = None,
-    num_workers: NumWorkers = None, retry_failed: RetryFailed = None, max_attempts: MaxAttempts = None,
+    num_workers: NumWorkers = None, decoder: Decoder = None, decode_threads: DecodeThreads = None,
+    cores: Cores = None, retry_failed: RetryFailed = None, max_attempts: MaxAttempts = None,
     shard_size: ShardSize = None, format: Format = None, config: Config = None,
 ) -> None:
     """The original one-shot command: scan, run and export in one go."""
     from pipeline import commands
 
     opts = _options(config, video_dir=video_dir, output_dir=output_dir, db=db, model=model, pretrained=pretrained,
-                    num_frames=num_frames, sampling=sampling, save_frames=save_frames, extensions=extensions,
-                    gpu=gpu, batch_size=batch_size, num_workers=num_workers, retry_failed=retry_failed,
+                    num_frames=num_frames, sampling=sampling, resize=resize, save_frames=save_frames,
+                    extensions=extensions, gpu=gpu, batch_size=batch_size, num_workers=num_workers, decoder=decoder,
+                    decode_threads=decode_threads, cores=cores, retry_failed=retry_failed,
                     max_attempts=max_attempts, shard_size=shard_size, format=format)
     raise typer.Exit(commands.extract(opts))
 

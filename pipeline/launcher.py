@@ -79,11 +79,12 @@ def run_many(opts: Options, devs: list[str]) -> tuple[int, int, str, Path]:
     manifest.check_job(opts.asked_job)
     log_path = start_log(out, "run")
     per_engine = max(1, opts.run.workers() // len(devs))
+    cores = max(1, opts.run.core_count() // len(devs))  # each engine sizes its FFmpeg threads within its share
     ctx = mp.get_context("spawn")
     engines: list[tuple[str, mp.Process]] = []
 
     def launch(d: str) -> mp.Process:
-        child = dataclasses.replace(opts, run=dataclasses.replace(opts.run, gpu=d, num_workers=per_engine))
+        child = dataclasses.replace(opts, run=dataclasses.replace(opts.run, gpu=d, num_workers=per_engine, cores=cores))
         p = ctx.Process(target=_engine_main, args=(child, str(log_path), os.getpid()), name=f"engine-{d}")
         p.start()
         engines.append((d, p))

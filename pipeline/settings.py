@@ -22,7 +22,17 @@ DEFAULT_EXTENSIONS = (
     "mp4 m4v mov mkv webm avi flv wmv mpg mpeg ts mts m2ts 3gp dv ogv gif"
 ).split()
 
-SAMPLING_MODES = ("exact",)
+SAMPLING_MODES = ("exact", "keyframes")
+RESIZE_MODES = ("swscale", "pil")
+DECODERS = ("cpu", "nvdec")
+
+
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity mask, as taskset or Slurm set it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,7 @@ class JobSettings:
     pretrained: str = "openai"
     num_frames: int = 8
     sampling: str = "exact"
+    resize: str = "swscale"
     save_frames: bool = False
 
     def as_strings(self) -> dict[str, str]:
@@ -54,6 +65,9 @@ class RunSettings:
     gpu: str = "auto"
     batch_size: int = 64
     num_workers: int = 0  # 0: one decode worker per core
+    decode_threads: int = 0  # FFmpeg threads per worker; 0: cores // workers
+    cores: int = 0  # CPU cores the run may use; 0: all this process may run on
+    decoder: str = "cpu"  # or "nvdec": decode on the run's GPU, CPU fallback per video
     max_attempts: int = 2
     max_claims: int = 10
     lease_seconds: float = 300.0
@@ -68,8 +82,20 @@ class RunSettings:
         """How long one video may decode before its worker is presumed hung and killed."""
         return self.decode_timeout + self.decode_timeout_per_mb * size_bytes / 1e6
 
+    def core_count(self) -> int:
+        return self.cores if self.cores > 0 else available_cores()
+
     def workers(self) -> int:
-        return self.num_workers if self.num_workers > 0 else max(1, os.cpu_count() or 1)
+        return self.num_workers if self.num_workers > 0 else self.core_count()
+
+    def threads_per_worker(self) -> int:
+        """FFmpeg threads per decode worker, so that threads x workers stays within the cores.
+
+        One single-threaded process per core beats fewer multi-threaded ones (frame
+        threading adds a frame of delay per thread, and PyAV's default threading does
+        nothing for single-slice H.264); threads only fill cores that workers leave idle.
+        """
+        return self.decode_threads if self.decode_threads > 0 else max(1, self.core_count() // self.workers())
 
 
 @dataclass(frozen=True)
@@ -219,8 +245,17 @@ def _validate(o: Options) -> None:
         raise PipelineError(f"sampling must be one of {', '.join(SAMPLING_MODES)}, got {o.job.sampling!r}")
     if o.run.batch_size < 1:
         raise PipelineError(f"batch_size must be at least 1, got {o.run.batch_size}")
-    if o.run.num_workers < 0:
-        raise PipelineError(f"num_workers must be 0 (auto) or more, got {o.run.num_workers}")
+    if o.job.resize not in RESIZE_MODES:
+        raise PipelineError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {o.job.resize!r}")
+    if o.run.decoder not in DECODERS:
+        raise PipelineError(f"decoder must be one of {', '.join(DECODERS)}, got {o.run.decoder!r}")
+    if o.run.num_workers < 0 or o.run.decode_threads < 0 or o.run.cores < 0:
+        raise PipelineError("num_workers, decode_threads and cores must be 0 (auto) or more")
+    if o.run.decode_threads * o.run.workers() > o.run.core_count():
+        raise PipelineError(
+            f"decode_threads {o.run.decode_threads} x {o.run.workers()} workers is more than the "
+            f"{o.run.core_count()} cores this run may use"
+        )
     if o.run.max_attempts < 1 or o.run.max_claims < 1:
         raise PipelineError("max_attempts and max_claims must be at least 1")
     if o.run.decode_timeout <= 0 or o.run.decode_timeout_per_mb < 0:

@@ -37,6 +37,10 @@ def one_line_error(proc) -> str:
         (["export", "--output-dir", "{tmp}/nojob"], "no job in"),
         (["scan", "--video-dir", "{tmp}", "--config", "{tmp}/missing.yaml"], "config file not found"),
         (["run", "--batch-size", "0", "--output-dir", "{tmp}/j"], "batch_size"),
+        (["scan", "--video-dir", "{tmp}", "--sampling", "sometimes", "--output-dir", "{tmp}/j"], "sampling must be one of"),
+        (["scan", "--video-dir", "{tmp}", "--resize", "magic", "--output-dir", "{tmp}/j"], "resize must be one of"),
+        (["run", "--decoder", "gpu-ish", "--output-dir", "{tmp}/j"], "decoder must be one of"),
+        (["run", "--decode-threads", "64", "--num-workers", "2", "--output-dir", "{tmp}/j"], "more than the"),
     ],
 )
 def test_bad_command_lines_get_one_line(tmp_path: Path, args: list[str], words: str) -> None:
@@ -89,6 +93,21 @@ def test_gpu_that_is_not_there(tmp_path: Path, corpus: Path, tiny_model) -> None
     cli("scan", "--video-dir", str(corpus), "--output-dir", out, *model_args(tiny_model))
     assert "no CUDA GPU" in one_line_error(cli("run", "--output-dir", out, "--gpu", "0", check=False))
     assert "--gpu must be" in one_line_error(cli("run", "--output-dir", out, "--gpu", "tpu", check=False))
+    line = one_line_error(cli("run", "--output-dir", out, "--gpu", "cpu", "--decoder", "nvdec", check=False))
+    assert "--decoder nvdec needs a CUDA GPU" in line
+    st = status_json(tmp_path / "out")
+    assert st["pending"] == st["total"] and st["running"] == 0  # refused before claiming anything
+
+
+def test_decode_threads_fill_the_cores_workers_leave() -> None:
+    from pipeline.settings import RunSettings
+
+    assert RunSettings(cores=16).threads_per_worker() == 1  # one worker per core by default
+    assert RunSettings(cores=16, num_workers=4).threads_per_worker() == 4
+    assert RunSettings(cores=16, num_workers=3).threads_per_worker() == 5  # never above the cores
+    assert RunSettings(cores=2, num_workers=8).threads_per_worker() == 1
+    assert RunSettings(cores=16, num_workers=2, decode_threads=3).threads_per_worker() == 3
+    assert RunSettings().core_count() == len(os.sched_getaffinity(0))
 
 
 def test_pretrained_tag_offline_says_so_in_one_line(tmp_path: Path, corpus: Path) -> None:
