@@ -53,7 +53,31 @@ def is_out_of_memory(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
+class Pending:
+    """A batch whose forward pass has been launched; `result()` waits for its features."""
+
+    def __init__(self, parts: list[tuple[torch.Tensor, torch.Tensor]], done: "torch.cuda.Event | None") -> None:
+        self._parts = parts
+        self._done = done
+
+    def ready(self) -> bool:
+        """True when result() will not wait."""
+        return self._done is None or self._done.query()
+
+    def result(self) -> Encoded:
+        videos = np.concatenate([v.cpu().numpy() for v, _ in self._parts]).astype(np.float32, copy=False)
+        frames = np.concatenate([f.cpu().numpy() for _, f in self._parts]).astype(np.float32, copy=False)
+        return Encoded(videos, frames)
+
+
 class Encoder:
+    """Runs the model on uint8 crops, one batch in flight while the host prepares the next.
+
+    On CUDA a batch is staged in one of two pinned host buffers and copied to the
+    device on a side stream, so the copy of batch i+1 overlaps the compute of batch i;
+    the compute waits only for its own copy. `submit` returns at once; `result` blocks.
+    """
+
     def __init__(self, loaded: LoadedModel, device: torch.device, cpu_threads: int | None = None) -> None:
         self.model = loaded.model
         self.device = device
@@ -62,23 +86,32 @@ class Encoder:
         self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
         self.cuda = device.type == "cuda"
         self.max_videos: int | None = None  # set when memory ran out: the batch that fits
+        self._buffers: list[torch.Tensor | None] = [None, None]
+        self._copied: list[torch.cuda.Event | None] = [None, None]  # when each buffer may be refilled
+        self._turn = 0
+        self._copy_stream = torch.cuda.Stream(device) if self.cuda else None
         if not self.cuda:
             torch.set_num_threads(max(1, cpu_threads or (os.cpu_count() or 1)))
 
     def encode(self, crops: np.ndarray, per_video: int) -> Encoded:
-        """Encode B videos' crops; on out-of-memory, halve the batch and go on at that size.
+        """Encode B videos' crops [B*N, H, W, 3] and wait for the features."""
+        return self.submit([crops], per_video).result()
+
+    def submit(self, crops: list[np.ndarray], per_video: int) -> Pending:
+        """Launch the forward pass of B videos' crops; on out-of-memory, halve the batch.
 
         The halved size is kept (max_videos) so the rest of the run does not hit the
         same wall batch after batch; the runner reads it and claims smaller batches.
         """
-        total = crops.shape[0] // per_video
+        host = self._stage(crops)
+        total = host.shape[0] // per_video
         size = min(total, self.max_videos or total)
-        videos, frames = [], []
+        parts = []
         start = 0
         while start < total:
-            chunk = crops[start * per_video : (start + size) * per_video]
+            chunk = host[start * per_video : (start + size) * per_video]
             try:
-                out = self._forward(chunk, per_video)
+                parts.append(self._forward(chunk, per_video))
             except Exception as e:  # noqa: BLE001 - only out-of-memory is handled
                 if not is_out_of_memory(e):
                     raise
@@ -90,18 +123,42 @@ class Encoder:
                 self.max_videos = size
                 log.warning("out of memory on %s: batch size now %d videos for the rest of the run", self.device, size)
                 continue
-            videos.append(out.videos)
-            frames.append(out.frames)
             start += size
-        return Encoded(np.concatenate(videos), np.concatenate(frames))
+        self._copied[self._turn] = self._event(self._copy_stream)
+        self._turn ^= 1
+        return Pending(parts, self._event(torch.cuda.current_stream(self.device) if self.cuda else None))
+
+    def _event(self, stream: "torch.cuda.Stream | None") -> "torch.cuda.Event | None":
+        if stream is None:
+            return None
+        event = torch.cuda.Event()
+        event.record(stream)
+        return event
+
+    def _stage(self, crops: list[np.ndarray]) -> torch.Tensor:
+        """Copy the crops into this turn's host buffer (pinned on CUDA), reusing it."""
+        rows = sum(len(c) for c in crops)
+        shape = crops[0].shape[1:]
+        buf = self._buffers[self._turn]
+        if buf is None or buf.shape[0] < rows or buf.shape[1:] != shape:
+            buf = torch.empty((rows, *shape), dtype=torch.uint8, pin_memory=self.cuda)
+            self._buffers[self._turn] = buf
+        elif (copied := self._copied[self._turn]) is not None:
+            copied.synchronize()  # its last batch has reached the device
+        np.concatenate(crops, out=buf.numpy()[:rows])
+        return buf[:rows]
 
     @torch.inference_mode()
-    def _forward(self, crops: np.ndarray, per_video: int) -> Encoded:
-        """crops: uint8 [B*N, H, W, 3], N frames of each of B videos in order."""
-        host = torch.from_numpy(crops)
+    def _forward(self, host: torch.Tensor, per_video: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """host: uint8 [B*N, H, W, 3], N frames of each of B videos in order."""
         if self.cuda:
-            host = host.pin_memory()
-        x = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+            with torch.cuda.stream(self._copy_stream):
+                x = host.to(self.device, non_blocking=True)
+            torch.cuda.current_stream(self.device).wait_stream(self._copy_stream)
+            x.record_stream(torch.cuda.current_stream(self.device))
+        else:
+            x = host
+        x = x.permute(0, 3, 1, 2).float()
         x.div_(255.0).sub_(self.mean).div_(self.std)  # in place: one float copy of the batch, not three
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.cuda):
             f = self.model.encode_image(x)
@@ -109,4 +166,4 @@ class Encoder:
         f = torch.nn.functional.normalize(f.float(), dim=-1)
         f = f.view(-1, per_video, f.shape[-1])
         v = torch.nn.functional.normalize(f.mean(dim=1), dim=-1)
-        return Encoded(v.cpu().numpy().astype(np.float32), f.cpu().numpy().astype(np.float32))
+        return v, f

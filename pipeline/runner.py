@@ -26,11 +26,13 @@ from pipeline.logs import start_log
 from pipeline.manifest import Claim, Manifest, open_manifest
 from pipeline.progress import RunProgress
 from pipeline.settings import Options
-from pipeline.workers import DecodePool, Result, Task
+from pipeline.workers import DecodePool, DecodeSpec, Result, Task
 from pipeline.writer import ShardWriter
 
 if TYPE_CHECKING:
-    from pipeline.encoder import Encoder
+    import torch
+
+    from pipeline.encoder import Encoder, Pending
 
 log = logging.getLogger(__name__)
 
@@ -126,16 +128,21 @@ def run_engine(opts: Options, log_path: Path | None = None, engine: bool = False
         raise PipelineError(f"the model now gives {loaded.dim}-d features, the job has {stored_dim}-d ones")
 
     workers = opts.run.workers()
-    cpu_threads = max(1, (os.cpu_count() or 1) - workers) if device.type == "cpu" else None
+    spec = DecodeSpec(
+        job.num_frames, loaded.preprocess.geometry, job.resize, job.sampling, opts.run.threads_per_worker(),
+        check_decoder(opts.run.decoder, device), device.index or 0,
+    )
+    cpu_threads = max(1, opts.run.core_count() - workers) if device.type == "cpu" else None
     encoder = Encoder(loaded, device, cpu_threads)
     run_id = manifest.register_run(str(device), opts.run.batch_size, workers)
-    log.info("run %s on %s: job %s, batch %d, %d decode workers", run_id, device, job, opts.run.batch_size, workers)
+    log.info("run %s on %s: job %s, batch %d, %d decode workers x %d FFmpeg threads, %s decoding",
+             run_id, device, job, opts.run.batch_size, workers, spec.threads, spec.decoder)
     released = manifest.reap(opts.run.lease_seconds, opts.run.max_claims)
     if released:
         log.info("gave back %d rows claimed by runs that are gone", released)
 
     loop = _Loop(opts, manifest, run_id, encoder, job.num_frames, job.save_frames, out)
-    pool = DecodePool(workers, job.num_frames, loaded.preprocess.geometry)
+    pool = DecodePool(workers, spec)
     state, message = "crashed", None
     try:
         with _Stop(engine) as stop, RunProgress(manifest.counts(), job.num_frames, show=not engine) as progress:
@@ -158,6 +165,19 @@ def run_engine(opts: Options, log_path: Path | None = None, engine: bool = False
     return RunSummary(run_id, loop.done, loop.failed, loop.retried, time.monotonic() - loop.started, state, log_path, others)
 
 
+def check_decoder(decoder: str, device: "torch.device") -> str:
+    """nvdec decodes on the run's own GPU; without one it is a clear error, not a silent CPU run."""
+    if decoder != "nvdec":
+        return decoder
+    if device.type != "cuda":
+        raise PipelineError(f"--decoder nvdec needs a CUDA GPU, but this run is on {device}; use --decoder cpu")
+    from av.codec.hwaccel import hwdevices_available
+
+    if "cuda" not in hwdevices_available():
+        raise PipelineError("--decoder nvdec: this PyAV's FFmpeg has no CUDA hwdevice; use --decoder cpu")
+    return decoder
+
+
 class _Loop:
     def __init__(
         self, opts: Options, manifest: Manifest, run_id: str, encoder: "Encoder", num_frames: int, save_frames: bool, out: Path
@@ -171,8 +191,10 @@ class _Loop:
         self.todo: deque[Claim] = deque()
         self.claimed: dict[int, Claim] = {}
         self.ready: list[Result] = []
+        self.in_flight: tuple[list[Result], "Pending"] | None = None  # encoding on the device
         self.batch_size = opts.run.batch_size  # shrinks if the device runs out of memory
         self.done = self.failed = self.retried = self.batches = 0
+        self.decoded = self.collected = 0  # frames decoders produced, for how many videos
         self.started = time.monotonic()
         self.progress: RunProgress | None = None
 
@@ -186,7 +208,7 @@ class _Loop:
             idle = not self.todo and pool.in_flight == 0
             if len(self.todo) < pool.capacity + self.batch_size and (idle or now >= next_claim):
                 got = self._claim(pool)
-                if not got and idle and not self.ready and not self.writer:
+                if not got and idle and not self.ready and self.in_flight is None and not self.writer:
                     # Before calling it done, take back what dead runs left behind.
                     if not self.m.reap(self.o.lease_seconds, self.o.max_claims) or not (got := self._claim(pool)):
                         break
@@ -204,6 +226,8 @@ class _Loop:
                 batch = self.ready[: self.batch_size]
                 del self.ready[: len(batch)]
                 self._encode(batch)
+            if self.in_flight and (idle or self.in_flight[1].ready()):
+                self._finish()
             if self.writer and (
                 len(self.writer) >= self.o.shard_size or self.writer.age() >= self.o.shard_seconds or idle
             ):
@@ -227,6 +251,9 @@ class _Loop:
         if claim is None:
             return
         if res.error is None:
+            self.decoded += res.decoded
+            self.collected += 1
+            res.crops = np.array(res.crops)  # out of the worker's shared slot before it is reused
             self.ready.append(res)
             return
         del self.claimed[res.video_id]
@@ -241,10 +268,22 @@ class _Loop:
             self.progress.update(self.done, self.failed)
 
     def _encode(self, batch: list[Result]) -> None:
-        crops = np.concatenate([r.crops for r in batch])
-        enc = self.encoder.encode(crops, self.num_frames)
+        """Launch this batch on the device, then take the previous one's features: the
+        device works on one batch while the host gathers the next."""
+        pending = self.encoder.submit([r.crops for r in batch], self.num_frames)  # type: ignore[misc]
+        for r in batch:
+            r.crops = None  # staged: free the host copy
         if self.encoder.max_videos and self.encoder.max_videos < self.batch_size:
             self.batch_size = self.encoder.max_videos
+        self._finish()
+        self.in_flight = (batch, pending)
+
+    def _finish(self) -> None:
+        if self.in_flight is None:
+            return
+        batch, pending = self.in_flight
+        self.in_flight = None
+        enc = pending.result()
         ids = [r.video_id for r in batch]
         self.writer.add(ids, [self.claimed[i].path for i in ids], [r.n for r in batch], enc.videos, enc.frames)
         self.batches += 1
@@ -252,6 +291,7 @@ class _Loop:
             self._log_rate()
 
     def _commit(self) -> None:
+        self._finish()
         record = self.writer.flush()
         if record is None:
             return
@@ -275,7 +315,8 @@ class _Loop:
     def _log_rate(self) -> None:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         vps = self.done / elapsed
+        sampled = max(1, self.collected * self.num_frames)
         log.info(
-            "batch %d: %d videos done, %d failed, %.2f videos/s, %.1f frames/s",
-            self.batches, self.done, self.failed, vps, vps * self.num_frames,
+            "batch %d: %d videos done, %d failed, %.2f videos/s, %.1f frames/s, %.2f frames decoded per frame sampled",
+            self.batches, self.done, self.failed, vps, vps * self.num_frames, self.decoded / sampled,
         )

@@ -4,25 +4,71 @@ Each worker has its own pipe and a short queue of tasks, so the parent always kn
 which video a worker is on: when a worker dies, the video in its hands is the one
 charged with the failure and the ones queued behind it go to another worker
 unharmed. Workers import no torch, so they start fast and stay small.
+
+Crops travel through shared memory, not the pipe: each worker owns one slot per queue
+place, writes a video's crops there and sends only a few bytes; the parent copies the
+slot once, straight into the engine's staging buffer (pinned memory on CUDA), before
+the slot can be handed another task.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 import multiprocessing as mp
+import os
 import signal
 import time
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.decoder import DecodeError, sample_frames, to_rgb
+from pipeline.decoder import DecodeError, Sampled, sample_frames
 from pipeline.preprocess import Geometry
 
 log = logging.getLogger(__name__)
+
+SHM_PREFIX = "clipfeat"
+SHM_DIR = Path("/dev/shm")
+_names = itertools.count()
+
+
+def sweep_shared_memory() -> int:
+    """Unlink slot segments left by engines that were SIGKILLed (with the resource
+    tracker that would have cleaned them); a segment's name carries its owner's pid."""
+    removed = 0
+    for f in SHM_DIR.glob(f"{SHM_PREFIX}_*_*") if SHM_DIR.is_dir() else ():
+        try:
+            os.kill(int(f.name.split("_")[1]), 0)
+        except ProcessLookupError:
+            f.unlink(missing_ok=True)
+            removed += 1
+        except (ValueError, PermissionError):
+            pass
+    return removed
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """How every video of a run is decoded; sent to each worker once."""
+
+    num_frames: int
+    geometry: Geometry
+    resize: str = "swscale"
+    sampling: str = "exact"
+    threads: int = 1  # FFmpeg threads per worker
+    decoder: str = "cpu"  # "nvdec": PyAV's CUDA hwaccel, CPU fallback per video
+    gpu_index: int = 0
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.num_frames, *self.geometry.crop, 3)
 
 
 @dataclass(frozen=True)
@@ -30,31 +76,61 @@ class Task:
     video_id: int
     path: str
     deadline: float = float("inf")  # seconds this video may take before its worker is killed
+    slot: int = 0  # where in the worker's shared memory its crops go
 
 
 @dataclass
 class Result:
     video_id: int
-    crops: np.ndarray | None  # uint8 [N, H, W, 3]
+    crops: np.ndarray | None  # uint8 [N, H, W, 3]; in the parent, a view of shared memory until taken
     n: int
     error: str | None
     final: bool = False  # no point retrying (a hang): fail now
+    decoded: int = 0  # frames the decoder produced for it (the cost)
 
 
-def _worker_main(conn: Connection, num_frames: int, geometry: Geometry, threads: int) -> None:
+def _nvdec(spec: DecodeSpec) -> tuple[Any, Any]:
+    """PyAV's CUDA hwaccel for this worker, plus a device context held for its lifetime.
+
+    Every open makes its own device context; with primary_ctx they all share the
+    GPU's primary CUDA context, which the held one keeps alive, so an open costs
+    microseconds instead of a context creation.
+    """
+    import av
+    from av.codec.hwaccel import HWAccel
+
+    hw = HWAccel("cuda", device=str(spec.gpu_index), allow_software_fallback=True, options={"primary_ctx": "1"})
+    return hw, hw.create(av.Codec("h264", "r"))
+
+
+def _sample(path: str, spec: DecodeSpec, convert: Any, hw: Any) -> Sampled:
+    """Decode on the GPU when asked; any failure there is retried on the CPU, per video."""
+    if hw is not None:
+        try:
+            return sample_frames(path, spec.num_frames, convert, spec.threads, sampling=spec.sampling, hwaccel=hw)
+        except Exception as e:  # noqa: BLE001 - the CPU decides whether the file is bad
+            log.info("nvdec could not decode %s (%s): decoding it on the CPU", path, e)
+    return sample_frames(path, spec.num_frames, convert, spec.threads, sampling=spec.sampling)
+
+
+def _worker_main(conn: Connection, spec: DecodeSpec, shm_name: str, slots: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
-    convert = lambda frame: geometry(to_rgb(frame))  # noqa: E731
+    convert = spec.geometry.converter(spec.resize)
+    hw = _nvdec(spec) if spec.decoder == "nvdec" else None
+    shm = SharedMemory(name=shm_name)
+    out = np.ndarray((slots, *spec.shape), dtype=np.uint8, buffer=shm.buf)
     while True:
         try:
             task = conn.recv()
         except (EOFError, OSError):
-            return
+            break
         if task is None:
-            return
+            break
         try:
-            sampled = sample_frames(task.path, num_frames, convert, threads)
-            crops = np.stack(sampled.frames)
-            result = Result(task.video_id, crops, sampled.n, None)
+            sampled = _sample(task.path, spec, convert, hw)
+            for i, frame in enumerate(sampled.frames):
+                out[task.slot, i] = frame
+            result = Result(task.video_id, None, sampled.n, None, decoded=sampled.decoded)
         except DecodeError as e:
             result = Result(task.video_id, None, 0, str(e))
         except MemoryError:
@@ -64,24 +140,39 @@ def _worker_main(conn: Connection, num_frames: int, geometry: Geometry, threads:
         try:
             conn.send(result)
         except (BrokenPipeError, OSError):
-            return
+            break
+    del out
+    shm.close()
 
 
 class _Worker:
-    def __init__(self, ctx: Any, args: tuple[Any, ...]) -> None:
+    def __init__(self, ctx: Any, spec: DecodeSpec, slots: int) -> None:
         parent, child = ctx.Pipe(duplex=True)
         self.conn: Connection = parent
-        self.proc = ctx.Process(target=_worker_main, args=(child, *args), daemon=True)
+        name = f"{SHM_PREFIX}_{os.getpid()}_{next(_names)}"
+        self.shm = SharedMemory(name=name, create=True, size=max(1, slots * int(np.prod(spec.shape))))
+        self.slots = np.ndarray((slots, *spec.shape), dtype=np.uint8, buffer=self.shm.buf)
+        self.proc = ctx.Process(target=_worker_main, args=(child, spec, self.shm.name, slots), daemon=True)
         self.proc.start()
         child.close()
         self.queue: deque[Task] = deque()
         self.started = 0.0  # when the head of the queue began decoding
+        self.pushed = 0
 
     def push(self, task: Task) -> None:
+        """Queue a task; its slot is free because at most `slots` tasks are ever queued."""
         if not self.queue:
             self.started = time.monotonic()
+        task = dataclasses.replace(task, slot=self.pushed % len(self.slots))
+        self.pushed += 1
         self.queue.append(task)
         self.conn.send(task)
+
+    def release(self) -> None:
+        """Free the shared memory (the worker has exited or been killed)."""
+        del self.slots
+        self.shm.close()
+        self.shm.unlink()
 
     def pop(self) -> None:
         self.queue.popleft()
@@ -94,11 +185,13 @@ class _Worker:
 class DecodePool:
     """A fixed number of decode processes; results come back in any order."""
 
-    def __init__(self, num_workers: int, num_frames: int, geometry: Geometry, threads: int = 1, depth: int = 2) -> None:
+    def __init__(self, num_workers: int, spec: DecodeSpec, depth: int = 2) -> None:
         self._ctx = mp.get_context("spawn")
-        self._args = (num_frames, geometry, threads)
+        if removed := sweep_shared_memory():
+            log.info("removed %d shared-memory segments of killed runs", removed)
+        self.spec = spec
         self.depth = depth
-        self.workers = [_Worker(self._ctx, self._args) for _ in range(num_workers)]
+        self.workers = [_Worker(self._ctx, spec, depth) for _ in range(num_workers)]
 
     @property
     def capacity(self) -> int:
@@ -112,7 +205,11 @@ class DecodePool:
         min(self.workers, key=lambda w: len(w.queue)).push(task)
 
     def poll(self, timeout: float) -> list[Result]:
-        """Results ready within `timeout`. A dead or overdue worker's video comes back failed."""
+        """Results ready within `timeout`. A dead or overdue worker's video comes back failed.
+
+        A result's crops are a view of its worker's shared memory, valid until the next
+        poll or submit: take them (copy) before then.
+        """
         if not self.in_flight:
             time.sleep(min(timeout, 0.05))
             return []
@@ -125,7 +222,10 @@ class DecodePool:
             if w.conn in ready:
                 try:
                     while w.conn.poll():
-                        results.append(w.conn.recv())
+                        res: Result = w.conn.recv()
+                        if res.error is None:
+                            res.crops = w.slots[w.queue[0].slot]
+                        results.append(res)
                         w.pop()
                 except (EOFError, OSError):
                     pass
@@ -147,7 +247,8 @@ class DecodePool:
             reason = f"decoder process died ({how})"
         lost = list(w.queue)
         w.conn.close()
-        self.workers[self.workers.index(w)] = fresh = _Worker(self._ctx, self._args)
+        w.release()
+        self.workers[self.workers.index(w)] = fresh = _Worker(self._ctx, self.spec, self.depth)
         failed = []
         if lost:
             failed.append(Result(lost[0].video_id, None, 0, reason, final))
@@ -176,3 +277,4 @@ class DecodePool:
                 w.proc.kill()
                 w.proc.join(timeout=1)
             w.conn.close()
+            w.release()

@@ -46,6 +46,19 @@ def sidecar_ids(job: Job) -> Counter:
     return ids
 
 
+def dead_segments() -> list[Path]:
+    """Decode workers' shared-memory slots whose owning engine is gone."""
+    from pipeline.workers import SHM_DIR, SHM_PREFIX
+
+    dead = []
+    for f in SHM_DIR.glob(f"{SHM_PREFIX}_*_*"):
+        try:
+            os.kill(int(f.name.split("_")[1]), 0)
+        except ProcessLookupError:
+            dead.append(f)
+    return dead
+
+
 def assert_complete(job: Job, reference) -> None:
     st = job.status()
     assert (st["done"], st["pending"], st["running"], st["failed"]) == (N_VIDEOS, 0, 0, 0)
@@ -60,6 +73,7 @@ def test_sigkill_at_random_moments_then_rerun(tmp_path: Path, many: Path, new_jo
     job = new_job(many)
     rng = random.Random(7)
     progress = []
+    orphans = 0  # shared-memory segments of killed runs, seen after the kills
     for attempt in range(4):
         before = job.done()
         proc = job.start("run", *RUN_ARGS, log=tmp_path / f"run{attempt}.log")
@@ -71,6 +85,7 @@ def test_sigkill_at_random_moments_then_rerun(tmp_path: Path, many: Path, new_jo
             time.sleep(rng.uniform(0.0, 0.15))
         kill_group(proc)
         progress.append(job.done())
+        orphans += len(dead_segments())
     mid_run = [d for d in progress if 0 < d < N_VIDEOS]
     assert len(mid_run) >= 2, f"kills did not land mid-run: {progress}"
     # The rerun must not wait for the dead runs' leases (300 s): their pids are gone.
@@ -78,6 +93,7 @@ def test_sigkill_at_random_moments_then_rerun(tmp_path: Path, many: Path, new_jo
     job.cli("run", *RUN_ARGS)
     assert time.monotonic() - started < 120
     assert_complete(job, uninterrupted)
+    assert orphans > 0 and dead_segments() == [], "the rerun did not remove the killed runs' shared memory"
     states = {r["state"] for r in job.status()["runs"]}
     assert "crashed" in states and "finished" in states
 
