@@ -179,10 +179,13 @@ def _planned_pass(
             if group <= kept.keys():
                 continue
             if packets is None or pos is None or k > pos + 1:  # the GOP lies ahead: seek to it
+                if packets is not None:
+                    decoded += _drain(ctx)
                 c.seek(index.pts[k], stream=stream, backward=True, any_frame=False)
                 ctx.flush_buffers()
                 packets = c.demux(stream)
                 pos = last_out = None  # pos is set by the first packet read
+            unfed = group - kept.keys()
             for packet in packets:
                 if packet.size:
                     at = position.get(packet.pts)
@@ -190,22 +193,43 @@ def _planned_pass(
                         return None  # unknown packet, or the seek overshot the keyframe
                     pos = at
                     ctx.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
-                for frame in ctx.decode(packet):
+                    unfed.discard(packet.pts)
+                frames = ctx.decode(packet)
+                if packet.size and not unfed:
+                    # The group's last target is in: drain it out of the reorder buffer
+                    # instead of decoding the packets after it. The next group seeks.
+                    frames = [*frames, *ctx.decode(None)]
+                    packets = None
+                for frame in frames:
                     decoded += 1
                     if frame.pts is None or (last_out is not None and frame.pts <= last_out):
                         return None  # output is not in pts order: pts does not give display order
                     last_out = frame.pts
                     if frame.pts in wanted and frame.pts not in kept:
                         kept[frame.pts] = convert(frame)
-                if group <= kept.keys():
+                if group <= kept.keys() or packets is None:
                     break
             if not group <= kept.keys():
                 return None  # a target never came out: damaged, or not what the index says
+        decoded += _drain(ctx)
     except av.FFmpegError:
         return None  # let the full pass find and word the error
     finally:
         ctx.skip_frame = "DEFAULT"
     return {by_pts[p]: v for p, v in kept.items()}, decoded
+
+
+def _drain(ctx: Any) -> int:
+    """Frames decoded but still held for reordering; counted so `decoded` is the true cost.
+
+    Draining does no new decoding (they are already decoded); flush_buffers, called
+    before the next use, leaves draining mode. Already drained (the demuxer's end-of-file
+    packet did it): nothing held.
+    """
+    try:
+        return sum(1 for _ in ctx.decode(None))
+    except av.EOFError:
+        return 0
 
 
 def nearest_keyframes(index: PacketIndex, indices: list[int]) -> list[int] | None:
