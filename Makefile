@@ -27,6 +27,8 @@ test: venv
 	$(BIN)/python -m pytest -q
 
 bench: venv
+	-$(BIN)/pip install -q -r requirements-bench.txt || echo "optional peers (torchcodec, decord) not installed: benchmarked without them"
+	$(BIN)/python -m bench.throughput
 	$(BIN)/python -m bench.memory 2000
 	bash scripts/with_postgres.sh $(BIN)/python -m bench.claims
 

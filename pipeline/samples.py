@@ -9,6 +9,7 @@ checkpoint, so it loads through the same path as a user's offline checkpoint.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -50,7 +51,8 @@ def frame_image(i: int, width: int, height: int) -> np.ndarray:
     return img
 
 
-def make_video(path: Path, spec: Spec) -> Path:
+def make_video(path: Path, spec: Spec, picture: Callable[[int, int, int], np.ndarray] = frame_image) -> Path:
+    """Encode spec.frames pictures (frame i is picture(i, width, height)) with PyAV."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as out:
         stream = out.add_stream(spec.codec, rate=spec.fps)
@@ -67,7 +69,7 @@ def make_video(path: Path, spec: Spec) -> Path:
         if spec.rotation:
             stream.set_display_rotation(spec.rotation)
         for i in range(spec.frames):
-            frame = av.VideoFrame.from_ndarray(frame_image(i, spec.width, spec.height), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(picture(i, spec.width, spec.height), format="rgb24")
             frame.pts = i
             for packet in stream.encode(frame):
                 out.mux(packet)

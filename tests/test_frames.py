@@ -138,3 +138,14 @@ def test_keyframe_sampling(tmp_path: Path, spec: Spec) -> None:
 def test_keyframe_sampling_falls_back_to_exact_without_pts(videos: dict[str, Path]) -> None:
     path = str(videos["mpeg4.avi"])
     assert sample_frames(path, 8, sampling="keyframes").indices == sample_indices(40, 8)
+
+
+@pytest.mark.parametrize("name", ["h264_bframes.mp4", "h264_long_gop.mkv", "hevc.mp4"])
+def test_frames_decoded_equal_the_floor(videos: dict[str, Path], name: str) -> None:
+    """The plan decodes exactly the reference pictures from each target's keyframe up to it,
+    plus the targets: the floor, counted here from the NAL headers, not by the decoder."""
+    from bench.throughput import floor_frames
+
+    path = str(videos[name])
+    floor = floor_frames(path)
+    assert floor is not None and sample_frames(path, 8).decoded == floor
