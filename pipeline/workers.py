@@ -94,13 +94,18 @@ def _nvdec(spec: DecodeSpec) -> tuple[Any, Any]:
 
     Every open makes its own device context; with primary_ctx they all share the
     GPU's primary CUDA context, which the held one keeps alive, so an open costs
-    microseconds instead of a context creation.
+    microseconds instead of a context creation. If the GPU cannot be opened here at
+    all, this worker decodes on the CPU rather than failing every video.
     """
     import av
     from av.codec.hwaccel import HWAccel
 
-    hw = HWAccel("cuda", device=str(spec.gpu_index), allow_software_fallback=True, options={"primary_ctx": "1"})
-    return hw, hw.create(av.Codec("h264", "r"))
+    try:
+        hw = HWAccel("cuda", device=str(spec.gpu_index), allow_software_fallback=True, options={"primary_ctx": "1"})
+        return hw, hw.create(av.Codec("h264", "r"))
+    except Exception as e:  # noqa: BLE001 - any failure means: no GPU decoding in this worker
+        log.warning("nvdec unavailable in this decode worker (%s): decoding on the CPU", e)
+        return None, None
 
 
 def _sample(path: str, spec: DecodeSpec, convert: Any, hw: Any) -> Sampled:
@@ -116,7 +121,7 @@ def _sample(path: str, spec: DecodeSpec, convert: Any, hw: Any) -> Sampled:
 def _worker_main(conn: Connection, spec: DecodeSpec, shm_name: str, slots: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     convert = spec.geometry.converter(spec.resize)
-    hw = _nvdec(spec) if spec.decoder == "nvdec" else None
+    hw, _held = _nvdec(spec) if spec.decoder == "nvdec" else (None, None)
     shm = SharedMemory(name=shm_name)
     out = np.ndarray((slots, *spec.shape), dtype=np.uint8, buffer=shm.buf)
     while True:

@@ -149,3 +149,24 @@ def test_frames_decoded_equal_the_floor(videos: dict[str, Path], name: str) -> N
     path = str(videos[name])
     floor = floor_frames(path)
     assert floor is not None and sample_frames(path, 8).decoded == floor
+
+
+def test_gpu_decoder_failure_falls_back_to_the_cpu_per_video(videos: dict[str, Path]) -> None:
+    """--decoder nvdec where the GPU cannot decode (here: no GPU at all): the worker's
+    per-video fallback gives the CPU's frames, not a failed video."""
+    import torch
+    from av.codec.hwaccel import HWAccel
+
+    from pipeline.preprocess import Geometry
+    from pipeline.workers import DecodeSpec, _nvdec, _sample
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: nvdec would really decode")
+    spec = DecodeSpec(8, Geometry(64, (64, 64), "shortest", "bicubic"), decoder="nvdec")
+    assert _nvdec(spec) == (None, None)  # the worker-wide fallback
+    path = str(videos["h264_bframes.mp4"])
+    convert = spec.geometry.converter("swscale")
+    got = _sample(path, spec, convert, HWAccel("cuda", allow_software_fallback=True))
+    want = sample_frames(path, 8, convert)
+    assert got.indices == want.indices
+    assert all(np.array_equal(a, b) for a, b in zip(got.frames, want.frames))
