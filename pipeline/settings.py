@@ -35,6 +35,10 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+# Job settings added later, and what jobs created before them did.
+BEFORE_SETTING_EXISTED = {"resize": "pil"}
+
+
 @dataclass(frozen=True)
 class JobSettings:
     """What a feature is. Recorded in the manifest by the first scan."""
@@ -51,6 +55,9 @@ class JobSettings:
 
     @classmethod
     def from_strings(cls, values: dict[str, str]) -> "JobSettings":
+        """A stored job's settings. A setting added after the job was created takes the
+        value that was in effect then, so an old job never changes definition midway."""
+        values = {**BEFORE_SETTING_EXISTED, **values}
         kwargs = {}
         for f in fields(cls):
             if f.name in values:

@@ -122,3 +122,12 @@ def test_pretrained_tag_offline_says_so_in_one_line(tmp_path: Path, corpus: Path
 def test_help_mentions_pickle_trust() -> None:
     out = cli("export", "--help").stdout
     assert "trusted" in out
+
+
+def test_jobs_from_before_a_setting_existed_keep_their_definition() -> None:
+    """A manifest written before `resize` existed used PIL: it must not switch to swscale midway."""
+    from pipeline.settings import JobSettings
+
+    old = JobSettings.from_strings({"model": "ViT-B-32", "pretrained": "openai", "num_frames": "8"})
+    assert old.resize == "pil"
+    assert JobSettings.from_strings(JobSettings().as_strings()).resize == "swscale"  # new jobs record it
