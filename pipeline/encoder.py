@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,19 +55,27 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 
 class Pending:
-    """A batch whose forward pass has been launched; `result()` waits for its features."""
+    """A batch whose forward pass has been launched; `result()` waits for its features.
 
-    def __init__(self, parts: list[tuple[torch.Tensor, torch.Tensor]], done: "torch.cuda.Event | None") -> None:
+    On CUDA the work is queued on the device (`done` is its event); on the CPU it runs
+    in the encoder's thread (a future), so the run loop keeps feeding decoders meanwhile.
+    """
+
+    def __init__(self, parts: "Future[list[tuple[torch.Tensor, torch.Tensor]]] | list[tuple[torch.Tensor, torch.Tensor]]",
+                 done: "torch.cuda.Event | None" = None) -> None:
         self._parts = parts
         self._done = done
 
     def ready(self) -> bool:
         """True when result() will not wait."""
+        if isinstance(self._parts, Future):
+            return self._parts.done()
         return self._done is None or self._done.query()
 
     def result(self) -> Encoded:
-        videos = np.concatenate([v.cpu().numpy() for v, _ in self._parts]).astype(np.float32, copy=False)
-        frames = np.concatenate([f.cpu().numpy() for _, f in self._parts]).astype(np.float32, copy=False)
+        parts = self._parts.result() if isinstance(self._parts, Future) else self._parts
+        videos = np.concatenate([v.cpu().numpy() for v, _ in parts]).astype(np.float32, copy=False)
+        frames = np.concatenate([f.cpu().numpy() for _, f in parts]).astype(np.float32, copy=False)
         return Encoded(videos, frames)
 
 
@@ -75,7 +84,9 @@ class Encoder:
 
     On CUDA a batch is staged in one of two pinned host buffers and copied to the
     device on a side stream, so the copy of batch i+1 overlaps the compute of batch i;
-    the compute waits only for its own copy. `submit` returns at once; `result` blocks.
+    the compute waits only for its own copy. On the CPU the forward pass runs in one
+    background thread (torch releases the GIL), so decoders are kept fed while it
+    runs. Either way `submit` returns at once and `result` blocks.
     """
 
     def __init__(self, loaded: LoadedModel, device: torch.device, cpu_threads: int | None = None) -> None:
@@ -87,9 +98,11 @@ class Encoder:
         self.cuda = device.type == "cuda"
         self.max_videos: int | None = None  # set when memory ran out: the batch that fits
         self._buffers: list[torch.Tensor | None] = [None, None]
-        self._copied: list[torch.cuda.Event | None] = [None, None]  # when each buffer may be refilled
+        self._copied: list[torch.cuda.Event | None] = [None, None]  # CUDA: when each buffer may be refilled
+        self._busy: list[Future | None] = [None, None]  # CPU: the forward pass reading each buffer
         self._turn = 0
         self._copy_stream = torch.cuda.Stream(device) if self.cuda else None
+        self._thread = None if self.cuda else ThreadPoolExecutor(1, thread_name_prefix="encoder")
         if not self.cuda:
             torch.set_num_threads(max(1, cpu_threads or (os.cpu_count() or 1)))
 
@@ -98,12 +111,27 @@ class Encoder:
         return self.submit([crops], per_video).result()
 
     def submit(self, crops: list[np.ndarray], per_video: int) -> Pending:
-        """Launch the forward pass of B videos' crops; on out-of-memory, halve the batch.
+        """Launch the forward pass of B videos' crops (N frames each, in order).
+
+        The caller takes the result of batch i before submitting batch i+2: each
+        staging buffer is then free again (the runner keeps one batch in flight).
+        """
+        host = self._stage(crops)
+        turn = self._turn
+        self._turn ^= 1
+        if self._thread is not None:
+            future = self._busy[turn] = self._thread.submit(self._run, host, per_video)
+            return Pending(future)
+        parts = self._run(host, per_video)
+        self._copied[turn] = self._event(self._copy_stream)
+        return Pending(parts, self._event(torch.cuda.current_stream(self.device)))
+
+    def _run(self, host: torch.Tensor, per_video: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The forward passes of a staged batch; on out-of-memory, halve it and go on.
 
         The halved size is kept (max_videos) so the rest of the run does not hit the
         same wall batch after batch; the runner reads it and claims smaller batches.
         """
-        host = self._stage(crops)
         total = host.shape[0] // per_video
         size = min(total, self.max_videos or total)
         parts = []
@@ -124,9 +152,7 @@ class Encoder:
                 log.warning("out of memory on %s: batch size now %d videos for the rest of the run", self.device, size)
                 continue
             start += size
-        self._copied[self._turn] = self._event(self._copy_stream)
-        self._turn ^= 1
-        return Pending(parts, self._event(torch.cuda.current_stream(self.device) if self.cuda else None))
+        return parts
 
     def _event(self, stream: "torch.cuda.Stream | None") -> "torch.cuda.Event | None":
         if stream is None:
@@ -145,6 +171,8 @@ class Encoder:
             self._buffers[self._turn] = buf
         elif (copied := self._copied[self._turn]) is not None:
             copied.synchronize()  # its last batch has reached the device
+        if (busy := self._busy[self._turn]) is not None:
+            wait([busy])  # its last batch has been encoded
         np.concatenate(crops, out=buf.numpy()[:rows])
         return buf[:rows]
 
