@@ -273,8 +273,6 @@ class _Loop:
         pending = self.encoder.submit([r.crops for r in batch], self.num_frames)  # type: ignore[misc]
         for r in batch:
             r.crops = None  # staged: free the host copy
-        if self.encoder.max_videos and self.encoder.max_videos < self.batch_size:
-            self.batch_size = self.encoder.max_videos
         self._finish()
         self.in_flight = (batch, pending)
 
@@ -284,6 +282,8 @@ class _Loop:
         batch, pending = self.in_flight
         self.in_flight = None
         enc = pending.result()
+        if self.encoder.max_videos and self.encoder.max_videos < self.batch_size:
+            self.batch_size = self.encoder.max_videos  # memory ran out during that batch
         ids = [r.video_id for r in batch]
         self.writer.add(ids, [self.claimed[i].path for i in ids], [r.n for r in batch], enc.videos, enc.frames)
         self.batches += 1
