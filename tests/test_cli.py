@@ -131,3 +131,31 @@ def test_jobs_from_before_a_setting_existed_keep_their_definition() -> None:
     old = JobSettings.from_strings({"model": "ViT-B-32", "pretrained": "openai", "num_frames": "8"})
     assert old.resize == "pil"
     assert JobSettings.from_strings(JobSettings().as_strings()).resize == "swscale"  # new jobs record it
+
+
+def test_keyframe_sampling_and_pil_resize_reach_the_workers(tmp_path: Path, corpus: Path, tiny_model) -> None:
+    """Job settings chosen at scan time are what the decode workers do: each feature equals
+    the model applied to that video's nearest keyframes, resized by PIL."""
+    import numpy as np
+    import torch
+
+    from pipeline.decoder import sample_frames
+    from pipeline.encoder import Encoder
+    from pipeline.model import load_model
+    from pipeline.reader import load_features
+    from pipeline.settings import JobSettings
+
+    out = tmp_path / "out"
+    cli("scan", "--video-dir", str(corpus), "--output-dir", str(out), *model_args(tiny_model),
+        "--sampling", "keyframes", "--resize", "pil")
+    cli("run", "--output-dir", str(out), "--gpu", "cpu", "--num-workers", "1")
+    settings = status_json(out)["settings"]
+    assert (settings["sampling"], settings["resize"]) == ("keyframes", "pil")
+    got = load_features(out)
+    assert len(got.paths) == 6
+    loaded = load_model(JobSettings(model=tiny_model["model"], pretrained=tiny_model["pretrained"]), torch.device("cpu"))
+    enc = Encoder(loaded, torch.device("cpu"), cpu_threads=1)
+    convert = loaded.preprocess.geometry.converter("pil")
+    for path, feat in zip(got.paths, got.features):
+        crops = np.stack(sample_frames(path, 8, convert, sampling="keyframes").frames)
+        assert np.allclose(enc.encode(crops, 8).videos[0], feat, atol=1e-5), path
