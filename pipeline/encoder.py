@@ -85,8 +85,9 @@ class Encoder:
     On CUDA a batch is staged in one of two pinned host buffers and copied to the
     device on a side stream, so the copy of batch i+1 overlaps the compute of batch i;
     the compute waits only for its own copy. On the CPU the forward pass runs in one
-    background thread (torch releases the GIL), so decoders are kept fed while it
-    runs. Either way `submit` returns at once and `result` blocks.
+    background thread (torch releases the GIL), so the run loop keeps decoders fed
+    while it runs. Either way `submit` returns once the batch is launched and `result`
+    blocks.
     """
 
     def __init__(self, loaded: LoadedModel, device: torch.device, cpu_threads: int | None = None) -> None:
@@ -99,7 +100,7 @@ class Encoder:
         self.max_videos: int | None = None  # set when memory ran out: the batch that fits
         self._buffers: list[torch.Tensor | None] = [None, None]
         self._copied: list[torch.cuda.Event | None] = [None, None]  # CUDA: when each buffer may be refilled
-        self._busy: list[Future | None] = [None, None]  # CPU: the forward pass reading each buffer
+        self._last: Future | None = None  # CPU: the forward pass in the encoder thread
         self._turn = 0
         self._copy_stream = torch.cuda.Stream(device) if self.cuda else None
         self._thread = None if self.cuda else ThreadPoolExecutor(1, thread_name_prefix="encoder")
@@ -116,12 +117,18 @@ class Encoder:
         The caller takes the result of batch i before submitting batch i+2: each
         staging buffer is then free again (the runner keeps one batch in flight).
         """
+        if self._thread is not None:
+            # One forward pass at a time on the CPU, and the next batch is gathered only
+            # after the last one is done: memory stays that of one batch, so a halving
+            # after out-of-memory holds for the next one too.
+            if self._last is not None:
+                wait([self._last])
+            host = torch.from_numpy(np.concatenate(crops))
+            self._last = self._thread.submit(self._run, host, per_video)
+            return Pending(self._last)
         host = self._stage(crops)
         turn = self._turn
         self._turn ^= 1
-        if self._thread is not None:
-            future = self._busy[turn] = self._thread.submit(self._run, host, per_video)
-            return Pending(future)
         parts = self._run(host, per_video)
         self._copied[turn] = self._event(self._copy_stream)
         return Pending(parts, self._event(torch.cuda.current_stream(self.device)))
@@ -162,17 +169,17 @@ class Encoder:
         return event
 
     def _stage(self, crops: list[np.ndarray]) -> torch.Tensor:
-        """Copy the crops into this turn's host buffer (pinned on CUDA), reusing it."""
+        """Copy the crops into this turn's pinned host buffer, reused from batch to batch
+        (allocating pinned memory is slow); wait until its last copy has left it."""
         rows = sum(len(c) for c in crops)
         shape = crops[0].shape[1:]
         buf = self._buffers[self._turn]
+        if (copied := self._copied[self._turn]) is not None:
+            copied.synchronize()
         if buf is None or buf.shape[0] < rows or buf.shape[1:] != shape:
-            buf = torch.empty((rows, *shape), dtype=torch.uint8, pin_memory=self.cuda)
+            self._buffers[self._turn] = buf = None  # free the old one first
+            buf = torch.empty((rows, *shape), dtype=torch.uint8, pin_memory=True)
             self._buffers[self._turn] = buf
-        elif (copied := self._copied[self._turn]) is not None:
-            copied.synchronize()  # its last batch has reached the device
-        if (busy := self._busy[self._turn]) is not None:
-            wait([busy])  # its last batch has been encoded
         np.concatenate(crops, out=buf.numpy()[:rows])
         return buf[:rows]
 
