@@ -114,8 +114,7 @@ class Encoder:
     def submit(self, crops: list[np.ndarray], per_video: int) -> Pending:
         """Launch the forward pass of B videos' crops (N frames each, in order).
 
-        The caller takes the result of batch i before submitting batch i+2: each
-        staging buffer is then free again (the runner keeps one batch in flight).
+        The crops are copied before this returns, so the caller may reuse them at once.
         """
         if self._thread is not None:
             # One forward pass at a time on the CPU, and the next batch is gathered only
