@@ -151,14 +151,19 @@ def plan_groups(index: PacketIndex, indices: list[int]) -> list[tuple[int, set[i
 
 
 def _planned_pass(
-    c: av.container.InputContainer, index: PacketIndex, indices: list[int], convert: Callable[[av.VideoFrame], Any]
+    c: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    index: PacketIndex,
+    indices: list[int],
+    convert: Callable[[av.VideoFrame], Any],
 ) -> tuple[dict[int, Any], int] | None:
     """Decode only what the targets need, exactly; None where that cannot be done here.
 
-    Seeks forward only, to the keyframe of a target's GOP, and only when that GOP lies
-    ahead of the decoder; feeds non-reference frames to the decoder only when they are
-    targets (skip_frame NONREF otherwise: nothing depends on them); stops after the last
-    target. Returns ({display index: converted frame}, frames decoded).
+    For each group, in decode order (so every seek is forward): seek to its keyframe,
+    feed non-reference frames to the decoder only when they are targets (skip_frame
+    NONREF otherwise: nothing depends on them), and once the group's last target is
+    fed, drain the decoder rather than feed the packets after it. Returns
+    ({display index: converted frame}, frames decoded).
     """
     groups = plan_groups(index, indices)
     if groups is None:
@@ -169,37 +174,27 @@ def _planned_pass(
     wanted = set(by_pts)
     kept: dict[int, Any] = {}
     decoded = 0
-    stream = _video_stream(c)
     ctx = stream.codec_context
-    packets = None
-    pos = -1  # decode position of the last packet fed
-    last_out = None  # pts of the last frame out since the last seek
     try:
         for k, group in groups:
             if group <= kept.keys():
-                continue
-            if packets is None or pos is None or k > pos + 1:  # the GOP lies ahead: seek to it
-                if packets is not None:
-                    decoded += _drain(ctx)
-                c.seek(index.pts[k], stream=stream, backward=True, any_frame=False)
-                ctx.flush_buffers()
-                packets = c.demux(stream)
-                pos = last_out = None  # pos is set by the first packet read
+                continue  # came out with an earlier group (an open GOP's leading frames)
+            c.seek(index.pts[k], stream=stream, backward=True, any_frame=False)
+            ctx.flush_buffers()
             unfed = group - kept.keys()
-            for packet in packets:
+            first, last_out = True, None  # last_out: pts of the last frame out since the seek
+            for packet in c.demux(stream):
                 if packet.size:
                     at = position.get(packet.pts)
-                    if at is None or (pos is None and at > k):
+                    if at is None or (first and at > k):
                         return None  # unknown packet, or the seek overshot the keyframe
-                    pos = at
+                    first = False
                     ctx.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
                     unfed.discard(packet.pts)
+                last_fed = bool(packet.size) and not unfed
                 frames = ctx.decode(packet)
-                if packet.size and not unfed:
-                    # The group's last target is in: drain it out of the reorder buffer
-                    # instead of decoding the packets after it. The next group seeks.
+                if last_fed:  # out of the reorder buffer, without decoding anything after it
                     frames = [*frames, *ctx.decode(None)]
-                    packets = None
                 for frame in frames:
                     decoded += 1
                     if frame.pts is None or (last_out is not None and frame.pts <= last_out):
@@ -207,29 +202,15 @@ def _planned_pass(
                     last_out = frame.pts
                     if frame.pts in wanted and frame.pts not in kept:
                         kept[frame.pts] = convert(frame)
-                if group <= kept.keys() or packets is None:
+                if last_fed:
                     break
             if not group <= kept.keys():
                 return None  # a target never came out: damaged, or not what the index says
-        decoded += _drain(ctx)
     except av.FFmpegError:
         return None  # let the full pass find and word the error
     finally:
         ctx.skip_frame = "DEFAULT"
     return {by_pts[p]: v for p, v in kept.items()}, decoded
-
-
-def _drain(ctx: Any) -> int:
-    """Frames decoded but still held for reordering; counted so `decoded` is the true cost.
-
-    Draining does no new decoding (they are already decoded); flush_buffers, called
-    before the next use, leaves draining mode. Already drained (the demuxer's end-of-file
-    packet did it): nothing held.
-    """
-    try:
-        return sum(1 for _ in ctx.decode(None))
-    except av.EOFError:
-        return 0
 
 
 def nearest_keyframes(index: PacketIndex, indices: list[int]) -> list[int] | None:
@@ -257,7 +238,11 @@ def nearest_keyframes(index: PacketIndex, indices: list[int]) -> list[int] | Non
 
 
 def _keyframe_pass(
-    c: av.container.InputContainer, index: PacketIndex, chosen: list[int], convert: Callable[[av.VideoFrame], Any]
+    c: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    index: PacketIndex,
+    chosen: list[int],
+    convert: Callable[[av.VideoFrame], Any],
 ) -> tuple[dict[int, Any], int] | None:
     """Decode each chosen keyframe on its own: seek, feed its one packet, drain, reset.
 
@@ -266,7 +251,6 @@ def _keyframe_pass(
     """
     display = index.display
     assert display is not None
-    stream = _video_stream(c)
     ctx = stream.codec_context
     kept: dict[int, Any] = {}
     decoded = 0
@@ -348,11 +332,11 @@ def sample_frames(
             raise DecodeError("the video stream has no packets")
         indices = sample_indices(expected, num_frames)
         if sampling == "keyframes" and (chosen := nearest_keyframes(index, indices)) is not None:
-            got = _keyframe_pass(c, index, chosen, convert)
+            got = _keyframe_pass(c, stream, index, chosen, convert)
             if got is not None:
                 kept, decoded = got
                 return Sampled([kept[i] for i in chosen], expected, chosen, decoded)
-        planned = _planned_pass(c, index, indices, convert) if plan else None
+        planned = _planned_pass(c, stream, index, indices, convert) if plan else None
     if planned is not None:
         kept, decoded = planned
         return Sampled([kept[i] for i in indices], expected, indices, decoded)
