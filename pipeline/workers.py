@@ -39,19 +39,26 @@ SHM_DIR = Path("/dev/shm")
 _names = itertools.count()
 
 
-def sweep_shared_memory() -> int:
-    """Unlink slot segments left by engines that were SIGKILLed (with the resource
-    tracker that would have cleaned them); a segment's name carries its owner's pid."""
-    removed = 0
+def orphan_segments() -> list[Path]:
+    """Slot segments whose owning engine is gone: a segment's name carries its pid, and a
+    SIGKILLed engine takes with it the resource tracker that would have removed them."""
+    orphans = []
     for f in SHM_DIR.glob(f"{SHM_PREFIX}_*_*") if SHM_DIR.is_dir() else ():
         try:
             os.kill(int(f.name.split("_")[1]), 0)
         except ProcessLookupError:
-            f.unlink(missing_ok=True)
-            removed += 1
+            orphans.append(f)
         except (ValueError, PermissionError):
             pass
-    return removed
+    return orphans
+
+
+def sweep_shared_memory() -> int:
+    """Unlink the segments of engines that were killed; returns how many."""
+    orphans = orphan_segments()
+    for f in orphans:
+        f.unlink(missing_ok=True)
+    return len(orphans)
 
 
 @dataclass(frozen=True)

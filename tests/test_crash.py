@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from pipeline.reader import load_features
+from pipeline.workers import orphan_segments
 from pipeline.samples import make_clips
 from tests.conftest import Job, cli, kill_group, model_args, wait_until
 
@@ -44,19 +45,6 @@ def sidecar_ids(job: Job) -> Counter:
     for side in (job.out / "shards").glob("*.json"):
         ids.update(v["id"] for v in json.loads(side.read_text())["videos"])
     return ids
-
-
-def dead_segments() -> list[Path]:
-    """Decode workers' shared-memory slots whose owning engine is gone."""
-    from pipeline.workers import SHM_DIR, SHM_PREFIX
-
-    dead = []
-    for f in SHM_DIR.glob(f"{SHM_PREFIX}_*_*"):
-        try:
-            os.kill(int(f.name.split("_")[1]), 0)
-        except ProcessLookupError:
-            dead.append(f)
-    return dead
 
 
 def assert_complete(job: Job, reference) -> None:
@@ -85,7 +73,7 @@ def test_sigkill_at_random_moments_then_rerun(tmp_path: Path, many: Path, new_jo
             time.sleep(rng.uniform(0.0, 0.15))
         kill_group(proc)
         progress.append(job.done())
-        orphans += len(dead_segments())
+        orphans += len(orphan_segments())
     mid_run = [d for d in progress if 0 < d < N_VIDEOS]
     assert len(mid_run) >= 2, f"kills did not land mid-run: {progress}"
     # The rerun must not wait for the dead runs' leases (300 s): their pids are gone.
@@ -93,7 +81,7 @@ def test_sigkill_at_random_moments_then_rerun(tmp_path: Path, many: Path, new_jo
     job.cli("run", *RUN_ARGS)
     assert time.monotonic() - started < 120
     assert_complete(job, uninterrupted)
-    assert orphans > 0 and dead_segments() == [], "the rerun did not remove the killed runs' shared memory"
+    assert orphans > 0 and orphan_segments() == [], "the rerun did not remove the killed runs' shared memory"
     states = {r["state"] for r in job.status()["runs"]}
     assert "crashed" in states and "finished" in states
 
