@@ -33,6 +33,7 @@ bench: venv
 	-$(BIN)/pip install -q -r requirements-bench.txt || echo "optional peers (torchcodec, decord) not installed: benchmarked without them"
 	$(BIN)/python -m bench.throughput
 	$(BIN)/python -m bench.memory 2000
+	$(BIN)/python -m bench.scan 100000
 	$(BIN)/python -m bench.stop
 	bash scripts/with_postgres.sh $(BIN)/python -m bench.claims
 
