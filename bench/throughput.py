@@ -230,7 +230,7 @@ def floor_frames(path: str) -> int | None:
 def load(tiny: dict[str, str], device: str = "cpu"):
     import torch
 
-    from pipeline.model import load_model
+    from pipeline.models import load_model
     from pipeline.settings import JobSettings
 
     return load_model(JobSettings(model=tiny["model"], pretrained=tiny["pretrained"], num_frames=N), torch.device(device))
@@ -289,7 +289,7 @@ def naive_e2e(loaded, paths: list[Path]) -> float:
     import torch
     from PIL import Image
 
-    model, transform = loaded.model, loaded.transform
+    model, transform = loaded.module, loaded.transform
     start = time.perf_counter()
     with torch.inference_mode():
         for p in paths:
@@ -459,7 +459,7 @@ def gpu_figures(tiny: dict[str, str], dfdc: list[Path]) -> dict:
     with and without --decoder nvdec (random weights: throughput does not depend on them)."""
     import torch
 
-    from pipeline.model import load_model
+    from pipeline.models import load_model
     from pipeline.settings import JobSettings
 
     vit = load_model(JobSettings(model="ViT-B-32", pretrained="none", num_frames=N), torch.device("cuda"))

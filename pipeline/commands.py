@@ -20,7 +20,7 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def scan(opts: Options) -> None:
-    from pipeline.model import check_weights
+    from pipeline.models import check_weights
     from pipeline.scanner import scan as scan_dir
 
     if not opts.paths.video_dir:

@@ -21,7 +21,7 @@ def weights_available() -> bool:
     import open_clip
     from huggingface_hub import try_to_load_from_cache
 
-    from pipeline.model import hub_reachable
+    from pipeline.models.open_clip import hub_reachable
 
     cfg = open_clip.get_pretrained_cfg(MODEL, TAG)
     hub = cfg.get("hf_hub", "").rstrip("/")

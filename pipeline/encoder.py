@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.model import LoadedModel
+from pipeline.models import Model
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +90,9 @@ class Encoder:
     blocks.
     """
 
-    def __init__(self, loaded: LoadedModel, device: torch.device, cpu_threads: int | None = None) -> None:
-        self.model = loaded.model
+    def __init__(self, model: Model, device: torch.device, cpu_threads: int | None = None) -> None:
+        self.model = model
         self.device = device
-        pre = loaded.preprocess
-        self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
         self.cuda = device.type == "cuda"
         self.max_videos: int | None = None  # set when memory ran out: the batch that fits
         self._buffers: list[torch.Tensor | None] = [None, None]
@@ -192,10 +189,8 @@ class Encoder:
             x.record_stream(torch.cuda.current_stream(self.device))
         else:
             x = host
-        x = x.permute(0, 3, 1, 2).float()
-        x.div_(255.0).sub_(self.mean).div_(self.std)  # in place: one float copy of the batch, not three
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.cuda):
-            f = self.model.encode_image(x)
+            f = self.model.encode(x)
         del x
         f = torch.nn.functional.normalize(f.float(), dim=-1)
         f = f.view(-1, per_video, f.shape[-1])

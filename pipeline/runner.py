@@ -77,7 +77,7 @@ def run(opts: Options) -> RunSummary:
 def run_engine(opts: Options, stop: StopRequest, log_path: Path | None = None, engine: bool = False) -> RunSummary:
     """The run loop on one device; `engine`: started by the launcher, which shows progress."""
     from pipeline.encoder import Encoder, resolve_device
-    from pipeline.model import load_model
+    from pipeline.models import load_model
 
     out = Path(opts.paths.output_dir)
     manifest = open_manifest(out, opts.paths.db)

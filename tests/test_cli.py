@@ -236,7 +236,7 @@ def test_keyframe_sampling_and_pil_resize_reach_the_workers(tmp_path: Path, corp
 
     from pipeline.decoder import sample_frames
     from pipeline.encoder import Encoder
-    from pipeline.model import load_model
+    from pipeline.models import load_model
     from pipeline.reader import load_features
     from pipeline.settings import JobSettings
 

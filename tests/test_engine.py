@@ -7,18 +7,18 @@ import pytest
 import torch
 
 from pipeline.encoder import Encoder
-from pipeline.model import LoadedModel, load_model
+from pipeline.models import Model, load_model
 from pipeline.settings import JobSettings
 
 
 @pytest.fixture
-def engine(tiny_model: dict[str, str]) -> tuple[LoadedModel, Encoder]:
+def engine(tiny_model: dict[str, str]) -> tuple[Model, Encoder]:
     job = JobSettings(model=tiny_model["model"], pretrained=tiny_model["pretrained"], num_frames=4)
     loaded = load_model(job, torch.device("cpu"))
     return loaded, Encoder(loaded, torch.device("cpu"), cpu_threads=1)
 
 
-def random_crops(loaded: LoadedModel, seed: int, sizes: tuple[int, ...]) -> list[list[np.ndarray]]:
+def random_crops(loaded: Model, seed: int, sizes: tuple[int, ...]) -> list[list[np.ndarray]]:
     """Batches of videos' uint8 crops, 4 frames each; sizes: videos per array in a batch."""
     h, w = loaded.preprocess.geometry.crop
     rng = np.random.default_rng(seed)

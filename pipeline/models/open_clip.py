@@ -1,4 +1,4 @@
-"""Load the job's CLIP model through open_clip, the one path for every kind of weights.
+"""The open_clip family: CLIP models by open_clip name or config JSON, any kind of weights.
 
 `model` is an open_clip model name or a path to a model config JSON; `pretrained` is
 an open_clip tag (downloaded and cached on the user's machine), a local checkpoint
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
+from pipeline.models import Family, Model
 from pipeline.preprocess import Preprocess, from_open_clip
 from pipeline.settings import JobSettings
 
@@ -55,12 +55,24 @@ def _go_offline_if_unreachable() -> None:
         hub.HF_HUB_OFFLINE = True
 
 
-@dataclass
-class LoadedModel:
-    model: Any  # open_clip CLIP module, eval mode
-    preprocess: Preprocess
-    dim: int
-    transform: Any  # open_clip's own eval transform, for reference and tests
+class OpenClipModel(Model):
+    """An open_clip CLIP on one device; `module` and `transform` are open_clip's own, kept
+    for references in tests and benchmarks."""
+
+    def __init__(self, module: Any, transform: Any, device: Any) -> None:
+        import torch
+
+        self.module = module
+        self.transform = transform
+        self.preprocess: Preprocess = from_open_clip(transform)
+        self.dim = int(getattr(module.visual, "output_dim", 0) or module.text_projection.shape[1])
+        self._mean = torch.tensor(self.preprocess.mean, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.preprocess.std, device=device).view(1, 3, 1, 1)
+
+    def encode(self, pixels: Any) -> Any:
+        x = pixels.permute(0, 3, 1, 2).float()
+        x.div_(255.0).sub_(self._mean).div_(self._std)  # in place: one float copy of the batch, not three
+        return self.module.encode_image(x)
 
 
 def _model_name(model: str) -> str:
@@ -101,7 +113,7 @@ def check_weights(job: JobSettings) -> tuple[str, str | None, dict[str, Any]]:
     return name, pretrained, kwargs
 
 
-def load_model(job: JobSettings, device: Any = "cpu") -> LoadedModel:
+def load_model(job: JobSettings, device: Any = "cpu") -> OpenClipModel:
     import open_clip
     import torch
 
@@ -129,5 +141,22 @@ def load_model(job: JobSettings, device: Any = "cpu") -> LoadedModel:
     model = model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    dim = int(getattr(model.visual, "output_dim", 0) or model.text_projection.shape[1])
-    return LoadedModel(model, from_open_clip(transform), dim, transform)
+    return OpenClipModel(model, transform, device)
+
+
+class OpenClip(Family):
+    name = "open_clip"
+
+    @classmethod
+    def accepts(cls, model: str) -> bool:
+        import open_clip
+
+        return model.endswith(".json") or model.startswith(("hf-hub:", "local-dir:")) or model in open_clip.list_models()
+
+    @classmethod
+    def check(cls, job: JobSettings) -> tuple[str, str | None, dict[str, Any]]:
+        return check_weights(job)
+
+    @classmethod
+    def load(cls, job: JobSettings, device: Any) -> OpenClipModel:
+        return load_model(job, device)
