@@ -66,7 +66,7 @@ def status(opts: Options, as_json: bool, watch: bool) -> None:
 
 
 def export(opts: Options) -> None:
-    from pipeline.export import export as export_job
+    from pipeline.exports import export as export_job
 
     fmt = opts.extra.get("format") or "npy"
     written, feats = export_job(opts.paths.output_dir, opts.paths.db, fmt)
