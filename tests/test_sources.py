@@ -1,0 +1,50 @@
+"""Every source lists what its location holds, claims only its own rows, and opens each video."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pipeline.decoder import sample_frames
+from pipeline.samples import Spec, make_video
+from pipeline.sources import _sources, open_video, source_for
+
+NAMES = ["a.mp4", "sub/b.mkv", "sub/deeper/c.MOV"]
+
+
+def local_folder(tmp: Path) -> str:
+    for i, name in enumerate(NAMES):
+        make_video(tmp / "videos" / name, Spec(name, frames=5 + i, width=32, height=32))
+    (tmp / "videos" / "notes.txt").write_text("not a video")
+    return str(tmp / "videos")
+
+
+LOCATIONS: dict[str, Callable[[Path], str]] = {"LocalFolder": local_folder}
+
+
+def test_every_source_has_a_contract_case() -> None:
+    assert {k.__name__ for k in _sources()} == set(LOCATIONS)
+
+
+@pytest.mark.parametrize("kind", sorted(LOCATIONS))
+def test_source_lists_claims_and_opens(tmp_path: Path, kind: str) -> None:
+    location = LOCATIONS[kind](tmp_path)
+    source = source_for(location)
+    assert type(source).__name__ == kind
+    errors: list[str] = []
+    entries = list(source.entries(("mp4", "mkv", "mov"), errors))
+    assert errors == [] and len(entries) == len(NAMES)
+    assert all(source.contains(e.name) for e in entries)
+    assert not source.contains(str(tmp_path / "elsewhere" / "x.mp4"))
+    for entry in entries:
+        assert entry.size > 0 and entry.mtime_ns > 0
+        assert sample_frames(open_video(entry.name), 4).n >= 5
+
+
+def test_a_location_no_source_takes_is_one_line(tmp_path: Path) -> None:
+    from pipeline.errors import PipelineError
+
+    with pytest.raises(PipelineError, match="video directory not found"):
+        source_for(str(tmp_path / "nowhere"))
