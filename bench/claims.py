@@ -8,7 +8,7 @@ reporting double claims (must be 0):
   / 1000 s per batch), and the share of a worker's time spent inside claim() is
   measured. Target: under 1%.
 Flat out, claims are 128 rows (what a run starts with: 2 x its 64-video batch); paced,
-they follow runner.claim_size at each claimer's share of the rate, as a run's do.
+they follow engine.claim_size at each claimer's share of the rate, as a run's do.
 Writes bench/results/claims.json.
 
     python -m bench.claims          # PostgreSQL too when PIPELINE_TEST_PG_URL is set
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.manifest import Manifest  # noqa: E402
-from pipeline.runner import claim_size  # noqa: E402
+from pipeline.engine import claim_size  # noqa: E402
 
 CLUSTER_VIDEOS_PER_S = 1000.0
 

@@ -42,7 +42,7 @@ def scan(opts: Options) -> None:
 
 
 def run(opts: Options) -> int:
-    from pipeline.runner import run as run_job
+    from pipeline.executors import run as run_job
 
     s = run_job(opts)
     rate = s.done / s.seconds if s.seconds > 0 else 0.0

@@ -54,7 +54,7 @@ def is_out_of_memory(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-class Pending:
+class InFlight:
     """A batch whose forward pass has been launched; `result()` waits for its features.
 
     On CUDA the work is queued on the device (`done` is its event); on the CPU it runs
@@ -108,7 +108,7 @@ class Encoder:
         """Encode B videos' crops [B*N, H, W, 3] and wait for the features."""
         return self.submit([crops], per_video).result()
 
-    def submit(self, crops: list[np.ndarray], per_video: int) -> Pending:
+    def submit(self, crops: list[np.ndarray], per_video: int) -> InFlight:
         """Launch the forward pass of B videos' crops (N frames each, in order).
 
         The crops are copied before this returns, so the caller may reuse them at once.
@@ -121,19 +121,19 @@ class Encoder:
                 wait([self._last])
             host = torch.from_numpy(np.concatenate(crops))
             self._last = self._thread.submit(self._run, host, per_video)
-            return Pending(self._last)
+            return InFlight(self._last)
         host = self._stage(crops)
         turn = self._turn
         self._turn ^= 1
         parts = self._run(host, per_video)
         self._copied[turn] = self._event(self._copy_stream)
-        return Pending(parts, self._event(torch.cuda.current_stream(self.device)))
+        return InFlight(parts, self._event(torch.cuda.current_stream(self.device)))
 
     def _run(self, host: torch.Tensor, per_video: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The forward passes of a staged batch; on out-of-memory, halve it and go on.
 
         The halved size is kept (max_videos) so the rest of the run does not hit the
-        same wall batch after batch; the runner reads it and claims smaller batches.
+        same wall batch after batch; the engine reads it and claims smaller batches.
         """
         total = host.shape[0] // per_video
         size = min(total, self.max_videos or total)

@@ -70,6 +70,7 @@ class RunSettings:
     """How one run goes. Free to change between runs of the same job."""
 
     gpu: str = "auto"
+    executor: str = "local"  # see pipeline/executors/
     batch_size: int = 64
     num_workers: int = 0  # 0: one decode worker per core
     decode_threads: int = 0  # FFmpeg threads per worker; 0: cores // workers

@@ -63,7 +63,7 @@ def listened(sigs: tuple[int, ...]) -> tuple[int, ...]:
 class StopRequest:
     """The first SIGINT/SIGTERM/SIGHUP asks for a clean stop; a second one ends the process now.
 
-    An engine started by the launcher listens to SIGTERM and SIGHUP only (its parent passes
+    An engine started by the process executor listens to SIGTERM and SIGHUP only (its parent passes
     Ctrl-C on as SIGTERM) and always stops cleanly: a hard stop is the parent's to give
     (SIGKILL).
     """

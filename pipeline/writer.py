@@ -29,7 +29,7 @@ class ShardRecord:
 
 
 @dataclass
-class _Pending:
+class _Buffer:
     ids: list[int] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
@@ -75,16 +75,16 @@ class ShardWriter:
         self.writer_id = writer_id
         self.save_frames = save_frames
         self.seq = 0
-        self.pending = _Pending()
+        self.buffer = _Buffer()
 
     def __len__(self) -> int:
-        return len(self.pending.ids)
+        return len(self.buffer.ids)
 
     def age(self) -> float:
-        return time.monotonic() - self.pending.opened if self.pending.ids else 0.0
+        return time.monotonic() - self.buffer.opened if self.buffer.ids else 0.0
 
     def add(self, ids: list[int], paths: list[str], counts: list[int], videos: np.ndarray, frames: np.ndarray) -> None:
-        p = self.pending
+        p = self.buffer
         if not p.ids:
             p.opened = time.monotonic()
         p.ids += ids
@@ -95,7 +95,7 @@ class ShardWriter:
             p.frames.append(frames)
 
     def flush(self) -> ShardRecord | None:
-        p = self.pending
+        p = self.buffer
         if not p.ids:
             return None
         self.seq += 1
@@ -119,5 +119,5 @@ class ShardWriter:
             what = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
             raise PipelineError(f"cannot write shards to {self.dir}: {what}") from None
         record = ShardRecord(name, [(i, k, c) for k, (i, c) in enumerate(zip(p.ids, p.counts))])
-        self.pending = _Pending()
+        self.buffer = _Buffer()
         return record

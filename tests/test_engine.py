@@ -29,7 +29,7 @@ def test_overlapped_batches_equal_one_at_a_time(engine) -> None:
     loaded, enc = engine
     batches = random_crops(loaded, 0, ((1, 1, 1), (1, 1), (1, 1, 1)))
     alone = [enc.encode(np.concatenate(b), 4) for b in batches]
-    # As the runner does: batch i+1 launched before batch i's features are taken.
+    # As the engine does: batch i+1 launched before batch i's features are taken.
     first = enc.submit(batches[0], 4)
     second = enc.submit(batches[1], 4)
     got = [first.result()]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.exports import Exporter
+from pipeline.exports.base import Exporter
 from pipeline.exports.rows import Rows
 from pipeline.writer import atomic_write
 

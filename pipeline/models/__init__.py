@@ -9,50 +9,12 @@ and one entry in FAMILIES (docs/design/extending.md).
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pipeline.models.base import Family, Model
 from pipeline.settings import JobSettings
 
-if TYPE_CHECKING:
-    import torch
-
-    from pipeline.preprocess import Preprocess
-
-
-class Model(ABC):
-    """A loaded image encoder on one device."""
-
-    dim: int  # feature width
-    preprocess: "Preprocess"  # geometry (done by the workers), mean and std (done here)
-
-    @abstractmethod
-    def encode(self, pixels: "torch.Tensor") -> "torch.Tensor":
-        """uint8 crops [B, H, W, 3] on the model's device -> features [B, dim], not normalised.
-
-        Runs under the encoder's autocast; the float conversion and normalisation belong
-        here because they are the family's (its mean, std and channel order)."""
-
-
-class Family(ABC):
-    """One way of naming, checking and loading models (a library, a hub)."""
-
-    name: str
-
-    @classmethod
-    @abstractmethod
-    def accepts(cls, model: str) -> bool:
-        """Is `model` (the job's --model) one of this family's?"""
-
-    @classmethod
-    @abstractmethod
-    def check(cls, job: JobSettings) -> Any:
-        """Refuse an unknown model or weights now, without loading anything."""
-
-    @classmethod
-    @abstractmethod
-    def load(cls, job: JobSettings, device: Any) -> Model:
-        ...
+__all__ = ["Family", "Model", "check_weights", "family_for", "load_model"]
 
 
 def _families() -> list[type[Family]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
-from pipeline.models import Family, Model
+from pipeline.models.base import Family, Model
 from pipeline.preprocess import Preprocess, from_open_clip
 from pipeline.settings import JobSettings
 

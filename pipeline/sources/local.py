@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.sources import Entry, Source
+from pipeline.sources.base import Entry, Source
 
 
 def walk_videos(root: Path, extensions: tuple[str, ...], errors: list[str]) -> Iterator[tuple[str, int, int]]:

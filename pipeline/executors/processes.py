@@ -44,7 +44,7 @@ def devices(spec: str) -> list[str]:
 
 
 def _engine_main(opts: Options, log_path: str, parent: int) -> None:
-    from pipeline.runner import run_engine
+    from pipeline.engine import run_engine
 
     die_with_parent(signal.SIGTERM)  # a clean stop, even if the parent was SIGKILLed
     if os.getppid() != parent:  # the parent died before prctl took effect

@@ -1,4 +1,5 @@
-"""The `run` command: claim rows, decode them in workers, encode in batches, commit shards.
+"""The engine: one device's run loop. Claim rows, decode them in workers, encode in batches,
+commit shards. Executors (pipeline/executors/) decide how many engines run and where.
 
 One loop in the main process keeps every part busy: it tops up the claimed queue,
 keeps each decode worker's queue full, encodes whenever a batch is ready, commits a
@@ -30,7 +31,7 @@ from pipeline.writer import ShardWriter
 if TYPE_CHECKING:
     import torch
 
-    from pipeline.encoder import Encoder, Pending
+    from pipeline.encoder import Encoder, InFlight
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +62,8 @@ class RunSummary:
     others_running: int
 
 
-def run(opts: Options) -> RunSummary:
-    """One engine for one device, or (--gpu 0,1 / all / cpu,cpu) one engine process per device."""
-    from pipeline.launcher import devices, run_many
-
-    devs = devices(opts.run.gpu)
-    if len(devs) == 1:
-        with StopRequest() as stop:  # from the start: a stop during start-up is clean too
-            return run_engine(opts, stop)
-    started = time.monotonic()
-    done, failed, state, log_path = run_many(opts, devs)
-    return RunSummary(f"{len(devs)} engines", done, failed, 0, time.monotonic() - started, state, log_path, 0)
-
-
 def run_engine(opts: Options, stop: StopRequest, log_path: Path | None = None, engine: bool = False) -> RunSummary:
-    """The run loop on one device; `engine`: started by the launcher, which shows progress."""
+    """The run loop on one device; `engine`: one of several under an executor, which shows progress."""
     from pipeline.encoder import Encoder, resolve_device
     from pipeline.models import load_model
 
@@ -149,8 +137,8 @@ class _Loop:
     def __init__(
         self, opts: Options, manifest: Manifest, run_id: str, encoder: "Encoder", num_frames: int, save_frames: bool, out: Path
     ) -> None:
-        self.o = opts.run
-        self.m = manifest
+        self.settings = opts.run
+        self.manifest = manifest
         self.run_id = run_id
         self.encoder = encoder
         self.num_frames = num_frames
@@ -158,7 +146,7 @@ class _Loop:
         self.todo: deque[Claim] = deque()
         self.claimed: dict[int, Claim] = {}
         self.ready: list[Result] = []
-        self.in_flight: tuple[list[Result], "Pending"] | None = None  # encoding on the device
+        self.in_flight: tuple[list[Result], "InFlight"] | None = None  # encoding on the device
         self.batch_size = opts.run.batch_size  # shrinks if the device runs out of memory
         self.done = self.failed = self.retried = self.batches = 0
         self.decoded = self.collected = 0  # frames decoders produced, for how many videos
@@ -170,7 +158,7 @@ class _Loop:
 
     def run(self, pool: DecodePool, stop: StopRequest) -> None:
         self.stop = stop
-        beat_every = self.o.lease_seconds / 4
+        beat_every = self.settings.lease_seconds / 4
         last_beat = next_claim = time.monotonic()
         while not stop.requested:
             now = time.monotonic()
@@ -179,7 +167,7 @@ class _Loop:
                 got = self._claim(pool)
                 if not got and idle and not self.ready and self.in_flight is None and not self.writer:
                     # Before calling it done, take back what dead runs left behind.
-                    if not self.m.reap(self.o.lease_seconds, self.o.max_claims) or not (got := self._claim(pool)):
+                    if not self.manifest.reap(self.settings.lease_seconds, self.settings.max_claims) or not (got := self._claim(pool)):
                         break
                 next_claim = now + (0.0 if got else 1.0)
                 for c in got:
@@ -187,7 +175,7 @@ class _Loop:
                     self.todo.append(c)
             while self.todo and pool.capacity > 0:
                 c = self.todo.popleft()
-                pool.submit(Task(c.id, c.path, self.o.deadline(c.size)))
+                pool.submit(Task(c.id, c.path, self.settings.deadline(c.size)))
             for res in pool.poll(0.2):
                 self._collect(res)
             idle = not self.todo and pool.in_flight == 0
@@ -198,12 +186,12 @@ class _Loop:
             if self.in_flight and (idle or self.in_flight[1].ready()):
                 self._finish()
             if self.writer and (
-                len(self.writer) >= self.o.shard_size or self.writer.age() >= self.o.shard_seconds or idle
+                len(self.writer) >= self.settings.shard_size or self.writer.age() >= self.settings.shard_seconds or idle
             ):
                 self._commit()
             if time.monotonic() - last_beat >= beat_every:
-                self.m.heartbeat(self.run_id, self.o.lease_seconds)
-                self.m.reap(self.o.lease_seconds, self.o.max_claims)
+                self.manifest.heartbeat(self.run_id, self.settings.lease_seconds)
+                self.manifest.reap(self.settings.lease_seconds, self.settings.max_claims)
                 last_beat = time.monotonic()
         if stop.requested:
             self._commit()  # what is encoded is kept; the rest is given back by run_engine
@@ -214,7 +202,7 @@ class _Loop:
         # A rate from the first seconds is noise (and would let the first engine of
         # several grab everything before the others start): claim small until then.
         rate = self.done / elapsed if elapsed >= CLAIM_SECONDS else 0.0
-        return self.m.claim(self.run_id, claim_size(self.batch_size, pool.capacity, rate), self.o.lease_seconds)
+        return self.manifest.claim(self.run_id, claim_size(self.batch_size, pool.capacity, rate), self.settings.lease_seconds)
 
     def _collect(self, res: Result) -> None:
         claim = self.claimed.get(res.video_id)
@@ -232,7 +220,7 @@ class _Loop:
             # says nothing about its video: it goes back untouched with the run's other claims.
             log.info("decode worker ended during the stop; %s goes back uncharged", claim.path)
             return
-        status = self.m.fail_attempt(self.run_id, res.video_id, res.error, self.o.max_attempts, res.final)
+        status = self.manifest.fail_attempt(self.run_id, res.video_id, res.error, self.settings.max_attempts, res.final)
         if status == "failed":
             self.failed += 1
             log.warning("failed: %s: %s", claim.path, res.error)
@@ -245,24 +233,24 @@ class _Loop:
     def _encode(self, batch: list[Result]) -> None:
         """Launch this batch on the device, then take the previous one's features: the
         device works on one batch while the host gathers the next."""
-        pending = self.encoder.submit([r.crops for r in batch], self.num_frames)  # type: ignore[misc]
+        launched = self.encoder.submit([r.crops for r in batch], self.num_frames)  # type: ignore[misc]
         for r in batch:
             r.crops = None  # staged: free the host copy
         self._finish()
-        self.in_flight = (batch, pending)
+        self.in_flight = (batch, launched)
 
     def _finish(self) -> None:
         if self.in_flight is None:
             return
-        batch, pending = self.in_flight
+        batch, launched = self.in_flight
         self.in_flight = None
-        enc = pending.result()
+        enc = launched.result()
         if self.encoder.max_videos and self.encoder.max_videos < self.batch_size:
             self.batch_size = self.encoder.max_videos  # memory ran out during that batch
         ids = [r.video_id for r in batch]
         self.writer.add(ids, [self.claimed[i].path for i in ids], [r.n for r in batch], enc.videos, enc.frames)
         self.batches += 1
-        if self.batches % self.o.log_every == 0:
+        if self.batches % self.settings.log_every == 0:
             self._log_rate()
 
     def _commit(self) -> None:
@@ -270,7 +258,7 @@ class _Loop:
         record = self.writer.flush()
         if record is None:
             return
-        done = self.m.complete(self.run_id, record.name, record.rows, len(record.rows) * self.num_frames)
+        done = self.manifest.complete(self.run_id, record.name, record.rows, len(record.rows) * self.num_frames)
         if done < len(record.rows):
             log.warning("%d rows of shard %s had been claimed by another run", len(record.rows) - done, record.name)
         for vid, _idx, _n in record.rows:

@@ -1,0 +1,37 @@
+"""Executors: how a run's engines are started, watched and stopped.
+
+The engine (pipeline/engine.py) is one device's run loop; it knows nothing of how many
+of it run or where. An executor takes the run's options and devices, runs engines until
+the job is done or a stop is asked for, and sums them up. The manifest stays the one
+truth about claims and commits, so every executor inherits exactly-once from it
+(docs/design/claim-protocol.md). Adding one (Ray, Slurm) is one module here and one
+entry in EXECUTORS (docs/design/extending.md).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pipeline.errors import PipelineError
+from pipeline.executors.base import Executor
+
+if TYPE_CHECKING:
+    from pipeline.engine import RunSummary
+    from pipeline.settings import Options
+
+__all__ = ["Executor", "executors", "run"]
+
+
+def executors() -> dict[str, type[Executor]]:
+    """The registry: every executor by name."""
+    from pipeline.executors.local import LocalExecutor
+
+    return {e.name: e for e in (LocalExecutor,)}
+
+
+def run(opts: "Options") -> "RunSummary":
+    known = executors()
+    name = opts.run.executor
+    if name not in known:
+        raise PipelineError(f"--executor must be one of {', '.join(known)}, got {name!r}")
+    return known[name]().run(opts)
