@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.devices import Device, warn_on_fallback
 from pipeline.errors import PipelineError
 from pipeline.logs import start_log
 from pipeline.manifest import Claim, Manifest, open_manifest
@@ -96,28 +97,31 @@ class _Stop:
             signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
-def run(opts: Options) -> RunSummary:
-    """One engine for one device, or (--gpu 0,1 / all / cpu,cpu) one engine process per device."""
-    from pipeline.launcher import devices, run_many
+def run(opts: Options, devices: list[Device] | None = None) -> RunSummary:
+    """One engine for one device, or (--gpu 0,1 / all / cpu,cpu) one engine process per device.
 
-    devs = devices(opts.run.gpu)
+    `devices`: the run's --gpu, resolved by the caller (else here, once)."""
+    from pipeline.launcher import run_many
+
+    devs = opts.run.devices() if devices is None else devices
     if len(devs) == 1:
-        return run_engine(opts)
+        return run_engine(opts, devs[0])
     started = time.monotonic()
     done, failed, state, log_path = run_many(opts, devs)
     return RunSummary(f"{len(devs)} engines", done, failed, 0, time.monotonic() - started, state, log_path, 0)
 
 
-def run_engine(opts: Options, log_path: Path | None = None, engine: bool = False) -> RunSummary:
-    """The run loop on one device; `engine`: started by the launcher, which shows progress."""
-    from pipeline.encoder import Encoder, resolve_device
+def run_engine(opts: Options, on: Device, log_path: Path | None = None, engine: bool = False) -> RunSummary:
+    """The run loop on device `on`; `engine`: started by the launcher, which shows progress."""
+    from pipeline.encoder import Encoder
     from pipeline.model import load_model
 
     out = Path(opts.paths.output_dir)
     manifest = open_manifest(out, opts.paths.db)
     job = manifest.check_job(opts.asked_job)
-    device = resolve_device(opts.run.gpu)
+    device = on.torch()
     log_path = start_log(out, "run", log_path)
+    warn_on_fallback(opts.run.gpu, on)
     if opts.run.retry_failed:
         log.info("retry-failed: %d failed rows back to pending", manifest.reset_failed())
     loaded = load_model(job, device)
