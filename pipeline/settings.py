@@ -101,7 +101,9 @@ class RunSettings:
         "cpu", "cpu, or nvdec: decode on the run's GPU, falling back to the CPU per video.", RUN, choices=DECODERS
     )
     max_attempts: int = setting(2, "Decode attempts before a video fails.", RUN, minimum=1)
-    max_claims: int = setting(10, "Times a video may be claimed before it fails (config file only).", minimum=1)
+    max_claims: int = setting(
+        10, "Claims by runs that stopped before a video is failed as abandoned (config file only).", minimum=1
+    )
     lease_seconds: float = setting(300.0, "Claim lease, renewed while alive.", RUN, positive=True)
     shard_size: int = setting(512, "Videos per shard file.", RUN, minimum=1)
     shard_seconds: float = setting(60.0, "Commit a shard at least this often (config file only).", positive=True)
