@@ -70,18 +70,91 @@ def test_config_file_and_cli_precedence(tmp_path: Path, corpus: Path, tiny_model
     assert (s["num_frames"], s["save_frames"], s["model"]) == ("6", "true", tiny_model["model"])
 
 
-def test_job_settings_are_fixed_by_the_first_scan(tmp_path: Path, corpus: Path, tiny_model) -> None:
-    out = str(tmp_path / "out")
-    cli("scan", "--video-dir", str(corpus), "--output-dir", out, *model_args(tiny_model), "--num-frames", "8")
-    line = one_line_error(cli("scan", "--video-dir", str(corpus), "--output-dir", out, "--num-frames", "4", check=False))
-    assert "num_frames=8" in line and "not 4" in line
-    line = one_line_error(cli("run", "--output-dir", out, "--save-frames", check=False))
-    assert "save_frames=false" in line
-    # A relative spelling of the same checkpoint is the same setting.
+def job_state(out: Path) -> tuple[dict[str, str], list[tuple[str, str]], int]:
+    """The manifest's settings, its videos (path, status) and how many runs it has seen."""
+    import sqlite3
+
+    with sqlite3.connect(out / "manifest.sqlite") as c:
+        settings = dict(c.execute("SELECT key, value FROM job_settings"))
+        videos = sorted(c.execute("SELECT path, status FROM videos"))
+        runs = c.execute("SELECT count(*) FROM runs").fetchone()[0]
+    return settings, videos, runs
+
+
+@pytest.fixture
+def main_in_process(capsys: pytest.CaptureFixture[str]):
+    """cli.main(argv) in this process: the real parsing and error printing, without paying
+    a torch import (seconds on a busy machine) for each of many refused commands."""
+    import importlib
+    import logging
+    import types
+
+    entry = importlib.import_module("cli")
+    root = logging.getLogger()
+    handlers, level, raise_exc = list(root.handlers), root.level, logging.raiseExceptions
+
+    def call(*argv: str) -> types.SimpleNamespace:
+        capsys.readouterr()
+        code = entry.main(list(argv))
+        captured = capsys.readouterr()
+        return types.SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
+
+    yield call
+    for h in root.handlers[:]:  # start_log's handlers: leave pytest's logging as it was
+        if h not in handlers:
+            root.removeHandler(h)
+            h.close()
+    root.setLevel(level)
+    logging.raiseExceptions = raise_exc
+
+
+# Every job setting, with a value other than the job's and the flag that asks for it.
+OTHER_JOB_SETTINGS = [
+    ("model", "ViT-B-16", ["--model", "ViT-B-16"]),
+    ("pretrained", "none", ["--pretrained", "none"]),
+    ("num_frames", "4", ["--num-frames", "4"]),
+    ("sampling", "keyframes", ["--sampling", "keyframes"]),
+    ("resize", "pil", ["--resize", "pil"]),
+    ("save_frames", "true", ["--save-frames"]),
+]
+
+
+def test_job_settings_are_fixed_by_the_first_scan(tmp_path: Path, tiny_model, main_in_process) -> None:
+    """Each job setting, asked differently on scan or on run, is refused in one line naming
+    it, before anything changes: no setting rewritten, no file registered, no run started."""
+    from pipeline.samples import Spec, make_video
+    from pipeline.settings import JobSettings
+
+    src, out = tmp_path / "v", tmp_path / "out"
+    make_video(src / "a.mp4", Spec("a.mp4", frames=3, width=32, height=32))
+    cli("scan", "--video-dir", str(src), "--output-dir", str(out), *model_args(tiny_model))
+    make_video(src / "b.mp4", Spec("b.mp4", frames=3, width=32, height=32))  # a refused scan must not add it
+    created = job_state(out)
+    settings = created[0]
+    assert {k for k, _, _ in OTHER_JOB_SETTINGS} == set(JobSettings().as_strings()), "a job setting is untested"
+
+    def refused(command: str, key: str, value: str, flags: list[str], call=main_in_process) -> None:
+        args = ["--video-dir", str(src)] if command == "scan" else ["--gpu", "cpu"]
+        line = one_line_error(call(command, "--output-dir", str(out), *args, *flags))
+        assert f"this job was created with {key}={settings[key]}, not {value}" in line, (command, line)
+        assert job_state(out) == created, f"{command} {flags} changed the job before refusing"
+
+    for key, value, flags in OTHER_JOB_SETTINGS:
+        assert settings[key] != value
+        for command in ("scan", "run"):
+            refused(command, key, value, flags)
+    # And from a real process, as users get it: one line on stderr, exit 1.
+    refused("run", *OTHER_JOB_SETTINGS[5], call=lambda *a: cli(*a, check=False))
+
+    # The same values spelled out are no change; a relative spelling of the same checkpoint is the same setting.
     rel = os.path.relpath(tiny_model["pretrained"], tmp_path)
-    cli("scan", "--video-dir", str(corpus), "--output-dir", out, "--pretrained", rel, cwd=tmp_path)
-    # Run-time settings may change freely: no error for a different batch size.
-    cli("scan", "--video-dir", str(corpus), "--output-dir", out)
+    same = ["--model", tiny_model["model"], "--pretrained", rel, "--num-frames", "8", "--sampling", "exact",
+            "--resize", "swscale", "--no-save-frames"]
+    cli("scan", "--video-dir", str(src), "--output-dir", str(out), *same, cwd=tmp_path)
+    assert job_state(out)[0] == settings and len(job_state(out)[1]) == 2  # b.mp4 registered at last
+    # Run-time settings may change freely: a different batch size and worker count run.
+    cli("run", "--output-dir", str(out), "--gpu", "cpu", "--num-workers", "1", "--batch-size", "3")
+    assert [status for _, status in job_state(out)[1]] == ["done", "done"]
 
 
 def test_gpu_that_is_not_there(tmp_path: Path, corpus: Path, tiny_model) -> None:

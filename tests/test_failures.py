@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import pickle
+import re
 import sqlite3
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.preprocess import from_open_clip
 from pipeline.samples import Spec, make_video
 from tests.conftest import cli, model_args, status_json
+from tests.reference import assert_same_videos, definition_feature, load_open_clip, reference_video
 
 RUN = ["--gpu", "cpu", "--num-workers", "2", "--batch-size", "2"]
 
@@ -42,7 +46,17 @@ def test_attempts_are_bounded_and_retry_failed_works(tmp_path: Path, tiny_model)
     assert [Path(f["path"]).name for f in st["failures"]] == ["text.avi"]
 
 
+def _unescape(line: str) -> str:
+    """Undo export's escaping of a path that held a line break (README: \\n, \\r, \\\\)."""
+    if "\\n" not in line and "\\r" not in line:
+        return line
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "r": "\r", "\\": "\\"}[m.group(1)], line)
+
+
 def test_newline_in_a_file_name_keeps_export_aligned(tmp_path: Path, tiny_model) -> None:
+    """Line i of video_paths.txt (escapes decoded) names the video whose feature is row i of
+    features.npy, checked against each video's own reference feature, not against the
+    reader the export is built on; features.pkl keeps the paths exactly, row for row."""
     src = tmp_path / "v"
     names = ["plain.mp4", "two\nlines.mp4", "back\\slash\r.mp4"]
     for i, name in enumerate(names):
@@ -52,16 +66,23 @@ def test_newline_in_a_file_name_keeps_export_aligned(tmp_path: Path, tiny_model)
     feats = np.load(out / "features.npy")
     lines = (out / "video_paths.txt").read_text().split("\n")[:-1]
     assert len(lines) == feats.shape[0] == 3
-    decoded = [line.replace("\\r", "\r").replace("\\n", "\n").replace("\\\\", "\\") if "\\n" in line or "\\r" in line else line
-               for line in lines]
+    decoded = [_unescape(line) for line in lines]
     assert sorted(decoded) == sorted(str(src / n) for n in names)
+    model, preprocess = load_open_clip(tiny_model["model"], tiny_model["pretrained"])
+    swscale = from_open_clip(preprocess).geometry.swscale
+    resize = status_json(out)["settings"]["resize"]
+    want = {p: definition_feature(reference_video(p, 8, swscale), resize, model, preprocess) for p in decoded}
+    worst, margin = assert_same_videos(feats, np.stack([want[p] for p in decoded]), [repr(Path(p).name) for p in decoded])
+    print(f"worst cosine to the definition's crops {worst:.7f}; references differ by at least {margin:.1e}")
     cli("export", "--output-dir", str(out), "--format", "pkl")
-    import pickle
-
     with open(out / "features.pkl", "rb") as fh:
         data = pickle.load(fh)
-    assert sorted(data["video_paths"]) == sorted(str(src / n) for n in names)
-    assert np.array_equal(data["features"], feats)
+    assert sorted(data["video_paths"]) == sorted(decoded)
+    assert_same_videos(data["features"], np.stack([want[p] for p in data["video_paths"]]),
+                       [repr(Path(p).name) for p in data["video_paths"]])
+    assert data["video_paths"] == decoded  # exact paths, in the npy export's order
+    for i in range(len(decoded)):
+        assert np.array_equal(data["features"][i], feats[i]), i
 
 
 def test_empty_job_exports_empty_arrays(tmp_path: Path, tiny_model) -> None:

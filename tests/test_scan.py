@@ -49,6 +49,12 @@ def test_custom_extensions(tmp_path: Path, tiny_model) -> None:
     assert sorted(Path(p).name for p in rows(out)) == ["b.xyz", "c.XYZ"]
 
 
+def shards(out: Path) -> dict[str, str | None]:
+    """path -> the shard holding its feature: a re-done video moves to a new shard."""
+    with sqlite3.connect(out / "manifest.sqlite") as c:
+        return {p: s for p, s in c.execute("SELECT path, shard FROM videos")}
+
+
 def test_rescan_adds_changes_vanishes_and_restores(tmp_path: Path, tiny_model) -> None:
     src = tmp_path / "v"
     for i in range(4):
@@ -60,15 +66,24 @@ def test_rescan_adds_changes_vanishes_and_restores(tmp_path: Path, tiny_model) -
     cli(*run)
     before = load_features(out)
     assert len(before.paths) == 4
+    feature = dict(zip(before.paths, before.features))
+    first_shards = shards(out)
 
     assert "0 new, 0 changed, 0 vanished" in cli(*scan).stderr  # idempotent
     make_video(src / "v4.mp4", Spec("v4.mp4", frames=9, width=64, height=48))
     make_video(src / "v1.mp4", Spec("v1.mp4", frames=25, width=80, height=48))  # new content, same name
     moved = tmp_path / "v2.mp4"
     shutil.move(src / "v2.mp4", moved)
-    assert "1 new, 1 changed, 1 vanished" in cli(*scan).stderr
+    # Same size, same bytes, a new mtime (a copy over it, a restore from backup): a
+    # changed file as far as the scan can tell, so its feature must be made again.
+    touched = src / "v3.mp4"
+    st = touched.stat()
+    os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    assert touched.stat().st_size == st.st_size
+    assert "1 new, 2 changed, 1 vanished" in cli(*scan).stderr
     st = rows(out)
     assert st[str(src / "v4.mp4")] == "pending" and st[str(src / "v1.mp4")] == "pending"
+    assert st[str(touched)] == "pending", "an mtime-only change was not seen"
     assert st[str(src / "v2.mp4")] == "missing" and st[str(src / "v0.mp4")] == "done"
 
     cli(*run)
@@ -77,10 +92,23 @@ def test_rescan_adds_changes_vanishes_and_restores(tmp_path: Path, tiny_model) -
     old_v1 = before.features[before.paths.index(str(src / "v1.mp4"))]
     new_v1 = after.features[after.paths.index(str(src / "v1.mp4"))]
     assert not np.allclose(old_v1, new_v1), "the stale feature of a changed file was kept"
+    second_shards = shards(out)
+    assert second_shards[str(touched)] not in (None, first_shards[str(touched)]), "the touched file was not re-done"
+    # Same bytes, so the same feature (recomputed in another batch: equal to float precision).
+    assert np.allclose(after.features[after.paths.index(str(touched))], feature[str(touched)], atol=1e-6)
+    unchanged = str(src / "v0.mp4")
+    assert second_shards[unchanged] == first_shards[unchanged]
+    assert np.array_equal(after.features[after.paths.index(unchanged)], feature[unchanged])
 
     shutil.move(moved, src / "v2.mp4")  # back, unchanged: its feature is back without a run
-    assert "1 back" in cli(*scan).stderr
+    assert "0 new, 0 changed, 0 vanished, 1 back" in cli(*scan).stderr
     assert status_json(out)["done"] == 5 and status_json(out)["pending"] == 0
+    restored = load_features(out)
+    again = dict(zip(restored.paths, restored.features))
+    assert np.array_equal(again[str(src / "v2.mp4")], feature[str(src / "v2.mp4")]), "not its own feature back"
+    assert shards(out)[str(src / "v2.mp4")] == first_shards[str(src / "v2.mp4")]
+    for path, feat in zip(after.paths, after.features):  # the restore touched no other feature
+        assert np.array_equal(again[path], feat), path
 
 
 def test_scan_of_100k_files_is_fast(tmp_path: Path, tiny_model) -> None:
