@@ -26,10 +26,15 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
+test-fast: venv  # the inner loop: no crash loops, fault suite or real-world corpus
+	$(BIN)/python -m pytest -q -x -m "not slow" --ignore=tests/faults
+
 bench: venv
 	-$(BIN)/pip install -q -r requirements-bench.txt || echo "optional peers (torchcodec, decord) not installed: benchmarked without them"
 	$(BIN)/python -m bench.throughput
 	$(BIN)/python -m bench.memory 2000
+	$(BIN)/python -m bench.scan 100000
+	$(BIN)/python -m bench.stop
 	bash scripts/with_postgres.sh $(BIN)/python -m bench.claims
 
 clean:

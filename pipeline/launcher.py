@@ -9,7 +9,6 @@ engine whose parent vanishes (even by SIGKILL) is told by the kernel to stop cle
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import logging
 import multiprocessing as mp
@@ -24,28 +23,21 @@ from pipeline.errors import PipelineError
 from pipeline.manifest import open_manifest
 from pipeline.progress import RunProgress
 from pipeline.settings import Options
+from pipeline.signals import STOP_SIGNALS, StopRequest, die_with_parent, listened, stop_signals_blocked
 
 log = logging.getLogger(__name__)
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Ask the kernel for SIGTERM when the parent dies, so no engine outlives it."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 def _engine_main(opts: Options, device: Device, log_path: str, parent: int) -> None:
     from pipeline.runner import run_engine
 
-    _die_with_parent()
+    die_with_parent(signal.SIGTERM)  # a clean stop, even if the parent was SIGKILLed
     if os.getppid() != parent:  # the parent died before prctl took effect
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent passes stops on as SIGTERM
     try:
-        summary = run_engine(opts, device, log_path=Path(log_path), engine=True)
+        with StopRequest(engine=True) as stop:
+            summary = run_engine(opts, device, stop, log_path=Path(log_path), engine=True)
     except PipelineError as e:
         log.error("engine stopped: %s", e)
         raise SystemExit(1) from None
@@ -73,13 +65,10 @@ def run_many(opts: Options, devs: list[Device]) -> tuple[int, int, str, Path]:
             opts, run=dataclasses.replace(opts.run, gpu=d.spec, num_workers=per_engine, cores=cores)
         )
         p = ctx.Process(target=_engine_main, args=(child, d, str(log_path), os.getpid()), name=f"engine-{d}")
-        p.start()
+        with stop_signals_blocked():  # pending, not fatal, until the engine listens for them
+            p.start()
         engines.append((d, p))
         return p
-
-    for d in devs:
-        launch(d)
-    log.info("started %d engines on %s, %d decode workers each", len(devs), ",".join(map(str, devs)), per_engine)
 
     stops = [0]
 
@@ -94,7 +83,11 @@ def run_many(opts: Options, devs: list[Device]) -> tuple[int, int, str, Path]:
         else:
             os._exit(128 + signum)
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, on_signal) for s in listened(STOP_SIGNALS)}
+    for d in devs:
+        if not stops[0]:  # a stop that came while engines were starting starts no more
+            launch(d)
+    log.info("started %d engines on %s, %d decode workers each", len(devs), ",".join(map(str, devs)), per_engine)
     start = manifest.counts()
     relaunches = 0
     try:

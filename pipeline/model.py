@@ -21,17 +21,26 @@ from pipeline.settings import JobSettings
 log = logging.getLogger(__name__)
 
 RANDOM_WEIGHTS_SEED = 0
-HUB_HOST = ("huggingface.co", 443)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Can the model hub be reached at all? Asked once, in seconds rather than minutes."""
+    """Can the model hub be reached at all? Asked once, in seconds rather than minutes.
+
+    The hub is huggingface_hub's ENDPOINT (HF_ENDPOINT, set by users behind a mirror),
+    not a fixed huggingface.co: probing another host would call a reachable mirror
+    unreachable, or the reverse.
+    """
     import socket
+    from urllib.parse import urlsplit
+
+    import huggingface_hub.constants as hub
 
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return False
+    url = urlsplit(hub.ENDPOINT)
+    address = (url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443))
     try:
-        with socket.create_connection(HUB_HOST, timeout=timeout):
+        with socket.create_connection(address, timeout=timeout):
             return True
     except OSError:
         return False

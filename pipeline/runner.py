@@ -10,13 +10,10 @@ on a clean stop; after a hard kill the next run gives it back (Manifest.reap).
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,6 +24,7 @@ from pipeline.logs import start_log
 from pipeline.manifest import Claim, Manifest, open_manifest
 from pipeline.progress import RunProgress
 from pipeline.settings import Options
+from pipeline.signals import StopRequest
 from pipeline.workers import DecodePool, DecodeSpec, Result, Task
 from pipeline.writer import ShardWriter
 
@@ -64,39 +62,6 @@ class RunSummary:
     others_running: int
 
 
-class _Stop:
-    """First SIGINT/SIGTERM asks for a clean stop; a second one ends the process now.
-
-    An engine started by the launcher listens to SIGTERM only: its parent decides.
-    """
-
-    def __init__(self, engine: bool = False) -> None:
-        self.requested = False
-        # An engine hears SIGTERM from its parent (or the kernel, if the parent died) and
-        # SIGHUP if its process group is orphaned; it always stops cleanly, since a hard
-        # stop is the parent's to give (SIGKILL).
-        self.engine = engine
-        self.signals = (signal.SIGTERM, signal.SIGHUP) if engine else (signal.SIGINT, signal.SIGTERM)
-        self._old: dict[int, object] = {}
-
-    def __enter__(self) -> "_Stop":
-        for sig in self.signals:
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        if self.requested:
-            if self.engine:
-                return
-            os._exit(128 + signum)  # claims are given back by the next run's reap
-        self.requested = True
-        log.warning("stopping (signal %d): finishing the batch in hand; press Ctrl-C again to quit now", signum)
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
-
-
 def run(opts: Options, devices: list[Device] | None = None) -> RunSummary:
     """One engine for one device, or (--gpu 0,1 / all / cpu,cpu) one engine process per device.
 
@@ -105,13 +70,16 @@ def run(opts: Options, devices: list[Device] | None = None) -> RunSummary:
 
     devs = opts.run.devices() if devices is None else devices
     if len(devs) == 1:
-        return run_engine(opts, devs[0])
+        with StopRequest() as stop:  # from the start: a stop during start-up is clean too
+            return run_engine(opts, devs[0], stop)
     started = time.monotonic()
     done, failed, state, log_path = run_many(opts, devs)
     return RunSummary(f"{len(devs)} engines", done, failed, 0, time.monotonic() - started, state, log_path, 0)
 
 
-def run_engine(opts: Options, on: Device, log_path: Path | None = None, engine: bool = False) -> RunSummary:
+def run_engine(
+    opts: Options, on: Device, stop: StopRequest, log_path: Path | None = None, engine: bool = False
+) -> RunSummary:
     """The run loop on device `on`; `engine`: started by the launcher, which shows progress."""
     from pipeline.encoder import Encoder
     from pipeline.model import load_model
@@ -149,7 +117,7 @@ def run_engine(opts: Options, on: Device, log_path: Path | None = None, engine: 
     pool = DecodePool(workers, spec)
     state, message = "crashed", None
     try:
-        with _Stop(engine) as stop, RunProgress(manifest.counts(), job.num_frames, show=not engine) as progress:
+        with RunProgress(manifest.counts(), job.num_frames, show=not engine) as progress:
             loop.progress = progress
             loop.run(pool, stop)
             state = "interrupted" if stop.requested else "finished"
@@ -160,11 +128,12 @@ def run_engine(opts: Options, on: Device, log_path: Path | None = None, engine: 
         message = f"{type(e).__name__}: {e}"
         raise
     finally:
-        pool.drain()
+        decoding = len(pool.drain())
         pool.close()
         back = manifest.release(run_id)
         manifest.end_run(run_id, state, message)
-        log.info("run %s %s: %d done, %d failed, %d claims given back", run_id, state, loop.done, loop.failed, back)
+        log.info("run %s %s: %d done, %d failed, %d claims given back (%d were decoding)",
+                 run_id, state, loop.done, loop.failed, back, decoding)
     others = manifest.counts()["running"]
     return RunSummary(run_id, loop.done, loop.failed, loop.retried, time.monotonic() - loop.started, state, log_path, others)
 
@@ -201,10 +170,12 @@ class _Loop:
         self.decoded = self.collected = 0  # frames decoders produced, for how many videos
         self.started = time.monotonic()
         self.progress: RunProgress | None = None
+        self.stop: StopRequest | None = None
 
     # The loop -----------------------------------------------------------------------
 
-    def run(self, pool: DecodePool, stop: _Stop) -> None:
+    def run(self, pool: DecodePool, stop: StopRequest) -> None:
+        self.stop = stop
         beat_every = self.o.lease_seconds / 4
         last_beat = next_claim = time.monotonic()
         while not stop.requested:
@@ -241,7 +212,8 @@ class _Loop:
                 self.m.reap(self.o.lease_seconds, self.o.max_claims)
                 last_beat = time.monotonic()
         if stop.requested:
-            self._stop(pool)
+            self._commit()  # what is encoded is kept; the rest is given back by run_engine
+            log.warning("stopped: %d videos committed this run", self.done)
 
     def _claim(self, pool: DecodePool) -> list[Claim]:
         elapsed = time.monotonic() - self.started
@@ -261,6 +233,11 @@ class _Loop:
             self.ready.append(res)
             return
         del self.claimed[res.video_id]
+        if res.crashed and self.stop is not None and self.stop.requested:
+            # A worker that died while its run is stopping (a signal to the whole group, say)
+            # says nothing about its video: it goes back untouched with the run's other claims.
+            log.info("decode worker ended during the stop; %s goes back uncharged", claim.path)
+            return
         status = self.m.fail_attempt(self.run_id, res.video_id, res.error, self.o.max_attempts, res.final)
         if status == "failed":
             self.failed += 1
@@ -307,14 +284,6 @@ class _Loop:
         self.done += done
         if self.progress:
             self.progress.update(self.done, self.failed)
-
-    def _stop(self, pool: DecodePool) -> None:
-        """Commit what is encoded, give back everything else: nothing partial is written."""
-        self._commit()
-        lost = pool.drain()
-        back = self.m.release(self.run_id)
-        log.warning("stopped: %d videos committed this run, %d claims given back (%d were decoding)",
-                    self.done, back, len(lost))
 
     def _log_rate(self) -> None:
         elapsed = max(time.monotonic() - self.started, 1e-9)

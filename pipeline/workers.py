@@ -31,6 +31,7 @@ import numpy as np
 
 from pipeline.decoder import DecodeError, Sampled, sample_frames
 from pipeline.preprocess import Geometry
+from pipeline.signals import die_with_parent, ignore_stop_signals, stop_signals_blocked
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class Result:
     error: str | None
     final: bool = False  # no point retrying (a hang): fail now
     decoded: int = 0  # frames the decoder produced for it (the cost)
+    crashed: bool = False  # its worker process died while holding it
 
 
 def _nvdec(spec: DecodeSpec) -> tuple[Any, Any]:
@@ -126,7 +128,8 @@ def _sample(path: str, spec: DecodeSpec, convert: Any, hw: Any) -> Sampled:
 
 
 def _worker_main(conn: Connection, spec: DecodeSpec, shm_name: str, slots: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
+    die_with_parent(signal.SIGKILL)  # a worker never outlives its run, even a SIGKILLed one
+    ignore_stop_signals()  # the run decides when workers stop (see pipeline/signals.py)
     convert = spec.geometry.converter(spec.resize)
     hw, _held = _nvdec(spec) if spec.decoder == "nvdec" else (None, None)
     shm = SharedMemory(name=shm_name)
@@ -165,7 +168,8 @@ class _Worker:
         self.shm = SharedMemory(name=name, create=True, size=max(1, slots * int(np.prod(spec.shape))))
         self.slots = np.ndarray((slots, *spec.shape), dtype=np.uint8, buffer=self.shm.buf)
         self.proc = ctx.Process(target=_worker_main, args=(child, spec, self.shm.name, slots), daemon=True)
-        self.proc.start()
+        with stop_signals_blocked():  # until the worker has set its own dispositions
+            self.proc.start()
         child.close()
         self.queue: deque[Task] = deque()
         self.started = 0.0  # when the head of the queue began decoding
@@ -263,7 +267,7 @@ class DecodePool:
         self.workers[self.workers.index(w)] = fresh = _Worker(self._ctx, self.spec, self.depth)
         failed = []
         if lost:
-            failed.append(Result(lost[0].video_id, None, 0, reason, final))
+            failed.append(Result(lost[0].video_id, None, 0, reason, final, crashed=True))
             log.warning("decode worker replaced: %s on %s", reason, lost[0].path)
         for task in lost[1:]:
             fresh.push(task)

@@ -23,6 +23,8 @@ from pipeline.workers import orphan_segments
 from pipeline.samples import make_clips
 from tests.conftest import Job, cli, kill_group, model_args, wait_until
 
+pytestmark = pytest.mark.slow  # crash loops: `make test` runs them, `make test-fast` does not
+
 N_VIDEOS = 48
 RUN_ARGS = ["--gpu", "cpu", "--batch-size", "2", "--shard-size", "2", "--num-workers", "2"]
 
@@ -99,9 +101,17 @@ def test_concurrent_runs_never_process_a_video_twice(tmp_path: Path, many: Path,
     assert sum(writers.values()) == N_VIDEOS
 
 
+def run_row(job: Job, pid: int, column: str):
+    return job.query(f"SELECT {column} FROM runs WHERE pid = {pid} ORDER BY started_at DESC LIMIT 1")
+
+
 def test_stalled_run_loses_its_claims_and_commits_nothing_stale(tmp_path: Path, many: Path, new_job, uninterrupted) -> None:
+    """A run that is alive but silent (a frozen host) loses its claims when its lease runs
+    out; another run does every video meanwhile; the stalled one, woken, commits nothing
+    it no longer owns."""
     job = new_job(many)
-    slow = job.start("run", *RUN_ARGS, "--lease-seconds", "3", log=tmp_path / "slow.log")
+    lease = 3.0
+    slow = job.start("run", *RUN_ARGS, "--lease-seconds", str(lease), log=tmp_path / "slow.log")
     try:
         assert wait_until(lambda: job.done() > 0, timeout=120, interval=0.05)
         # Alive but silent: only its lease can free its rows. Frozen between transactions:
@@ -115,13 +125,50 @@ def test_stalled_run_loses_its_claims_and_commits_nothing_stale(tmp_path: Path, 
             time.sleep(0.05)
         else:
             raise AssertionError("could not freeze the run between transactions")
-        time.sleep(3.5)
-        job.cli("run", *RUN_ARGS, "--lease-seconds", "3")
+        slow_id = run_row(job, slow.pid, "id")
+        slow_done = run_row(job, slow.pid, "videos_done")
+        held = job.query(f"SELECT count(*) FROM videos WHERE owner = '{slow_id}' AND status = 'running'")
+        # Wait until the manifest itself says the lease is over (heartbeat and row leases).
+        expiry = max(run_row(job, slow.pid, "heartbeat_at") + lease,
+                     job.query(f"SELECT max(lease_until) FROM videos WHERE owner = '{slow_id}'") or 0.0)
+        assert wait_until(lambda: time.time() > expiry + 0.2, timeout=60)
+        job.cli("run", *RUN_ARGS, "--lease-seconds", str(lease))
+        # Still frozen: the second run must have done every video, its rows included.
+        st = job.status()
+        assert held > 0, "the stalled run held no claims: nothing was tested"
+        assert (st["done"], st["running"], st["pending"]) == (N_VIDEOS, 0, 0), st
+        others = {r["id"]: r["videos_done"] for r in st["runs"] if r["id"] != slow_id}
+        assert sum(others.values()) == N_VIDEOS - slow_done, (others, slow_done)
         slow.send_signal(signal.SIGCONT)
         assert slow.wait(timeout=120) == 0
     finally:
         if slow.poll() is None:
             kill_group(slow)
+    assert_complete(job, uninterrupted)
+    done_by_run = {r["id"]: r["videos_done"] for r in job.status()["runs"]}
+    assert sum(done_by_run.values()) == N_VIDEOS, done_by_run
+    assert done_by_run[slow_id] == slow_done, "the woken run committed rows it no longer owned"
+    assert job.query(f"SELECT count(*) FROM videos WHERE shard LIKE '{slow_id}-%'") == slow_done
+
+
+def test_slurm_like_preemptions_fail_no_video(tmp_path: Path, many: Path, new_job, uninterrupted) -> None:
+    """Three group SIGTERMs (scancel, preemption, requeue: Slurm signals every process of the
+    step, decode workers included) and reruns with --max-attempts 1: a clean stop charges no
+    video, so the job ends with every video done and none failed."""
+    job = new_job(many)
+    one_attempt = ["--max-attempts", "1"]
+    variants = [RUN_ARGS, [*RUN_ARGS[2:], "--gpu", "cpu,cpu"], RUN_ARGS]  # --gpu all on a GPU node
+    for i, args in enumerate(variants):
+        before = job.done()
+        proc = job.start("run", *args, *one_attempt, log=tmp_path / f"preempted{i}.log")
+        assert wait_until(lambda b=before, p=proc: job.done() > b or p.poll() is not None, timeout=120, interval=0.05)
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130, (tmp_path / f"preempted{i}.log").read_text()
+        charged = job.query("SELECT count(*) FROM videos WHERE attempts > 0 OR error IS NOT NULL OR status = 'failed'")
+        assert charged == 0, f"preemption {i} charged {charged} videos"
+        assert job.query("SELECT count(*) FROM videos WHERE status = 'running'") == 0
+    assert job.done() < N_VIDEOS, "the preemptions came too late to test anything"
+    job.cli("run", *RUN_ARGS, *one_attempt)
     assert_complete(job, uninterrupted)
 
 

@@ -65,15 +65,17 @@ def guide_run(project: Path, tiny_model: dict[str, str]) -> subprocess.Completed
     return extract_features(project, *_without_a_gpu(GUIDE_LINE), *model_args(tiny_model))
 
 
-def test_gpu_id_without_a_gpu_is_the_gpu_error(project: Path, tiny_model: dict[str, str]) -> None:
-    if GPU:
-        pytest.skip("this machine has a GPU: the guide's --gpu_id 0 runs (test_guide_command_line)")
+def test_gpu_id_that_is_not_there_is_the_gpu_error(project: Path, tiny_model: dict[str, str]) -> None:
+    """Without a GPU, the guide's own line (--gpu_id 0) is the one-line error of --gpu 0, before
+    anything is scanned; with GPUs, the same holds for the first index past the last one."""
+    missing = torch.cuda.device_count() if GPU else 0
+    have = f"only {missing} CUDA device(s)" if GPU else "no CUDA GPU is available"
     out = project / "nogpu"
-    line = one_line_error(extract_features(project, *GUIDE_LINE, *model_args(tiny_model), "--output_dir", str(out),
-                                           check=False))
-    assert line == "error: --gpu 0 asked for, but no CUDA GPU is available"
-    same = cli("extract", "--video-dir", str(project / "data" / "videos"), "--output-dir", str(out), "--gpu", "0",
-               *model_args(tiny_model), check=False)
+    line = one_line_error(extract_features(project, *GUIDE_LINE[:-1], str(missing), *model_args(tiny_model),
+                                           "--output_dir", str(out), check=False))
+    assert line == f"error: --gpu {missing} asked for, but {have}"
+    same = cli("extract", "--video-dir", str(project / "data" / "videos"), "--output-dir", str(out),
+               "--gpu", str(missing), *model_args(tiny_model), check=False)
     assert one_line_error(same) == line
     assert not out.exists(), "refused before scanning: no job, no logs"
 

