@@ -10,6 +10,7 @@ import logging
 
 from rich.console import Console
 
+from pipeline.devices import Device
 from pipeline.errors import PipelineError
 from pipeline.logs import start_log
 from pipeline.manifest import job_exists, open_manifest
@@ -41,10 +42,11 @@ def scan(opts: Options) -> None:
                   f"model {job.model}, pretrained {job.pretrained}, {job.num_frames} frames")
 
 
-def run(opts: Options) -> int:
+def run(opts: Options, devices: list[Device] | None = None) -> int:
+    """`devices`: --gpu already resolved (by extract); otherwise the run resolves it."""
     from pipeline.executors import run as run_job
 
-    s = run_job(opts)
+    s = run_job(opts, devices)
     rate = s.done / s.seconds if s.seconds > 0 else 0.0
     console.print(f"run {s.state}: {s.done} done, {s.failed} failed, {s.retried} retries, "
                   f"{rate:.2f} videos/s; log: {s.log_path}")
@@ -68,15 +70,17 @@ def status(opts: Options, as_json: bool, watch: bool) -> None:
 def export(opts: Options) -> None:
     from pipeline.exports import export as export_job
 
-    fmt = opts.extra.get("format") or "npy"
-    written, feats = export_job(opts.paths.output_dir, opts.paths.db, fmt)
+    written, feats = export_job(opts.paths.output_dir, opts.paths.db, opts.export.format)
     shape = "x".join(str(d) for d in feats.features.shape)
     console.print(f"exported {len(feats.paths)} features ({shape} float32): " + ", ".join(str(p) for p in written))
 
 
 def extract(opts: Options) -> int:
+    """scan, run, export. The devices are resolved first, so a GPU that is not there is an
+    error before anything is scanned or created."""
+    devices = opts.run.devices()
     scan(opts)
-    code = run(opts)
+    code = run(opts, devices)
     if code == 0:
         export(opts)
     return code

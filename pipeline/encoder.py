@@ -20,26 +20,6 @@ from pipeline.models import Model
 log = logging.getLogger(__name__)
 
 
-def resolve_device(gpu: str) -> torch.device:
-    """`auto`: CUDA device 0 if there is one, else the CPU with a warning."""
-    spec = str(gpu).strip().lower()
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", 0)
-        log.warning("no CUDA GPU found: running on the CPU, which is much slower")
-        return torch.device("cpu")
-    if spec == "cpu":
-        return torch.device("cpu")
-    if not spec.isdigit():
-        raise PipelineError(f"--gpu must be auto, cpu, all, or GPU indices like 0,1; got {gpu!r}")
-    index = int(spec)
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if index >= count:
-        have = f"only {count} CUDA device(s)" if count else "no CUDA GPU is available"
-        raise PipelineError(f"--gpu {index} asked for, but {have}")
-    return torch.device("cuda", index)
-
-
 @dataclass
 class Encoded:
     videos: np.ndarray  # [B, D] float32, unit norm

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.devices import Device, warn_on_fallback
 from pipeline.errors import PipelineError
 from pipeline.logs import start_log
 from pipeline.manifest import Claim, Manifest, open_manifest
@@ -62,16 +63,19 @@ class RunSummary:
     others_running: int
 
 
-def run_engine(opts: Options, stop: StopRequest, log_path: Path | None = None, engine: bool = False) -> RunSummary:
-    """The run loop on one device; `engine`: one of several under an executor, which shows progress."""
-    from pipeline.encoder import Encoder, resolve_device
+def run_engine(
+    opts: Options, on: Device, stop: StopRequest, log_path: Path | None = None, engine: bool = False
+) -> RunSummary:
+    """The run loop on device `on`; `engine`: one of several under an executor, which shows progress."""
+    from pipeline.encoder import Encoder
     from pipeline.models import load_model
 
     out = Path(opts.paths.output_dir)
     manifest = open_manifest(out, opts.paths.db)
     job = manifest.check_job(opts.asked_job)
-    device = resolve_device(opts.run.gpu)
+    device = on.torch()
     log_path = start_log(out, "run", log_path)
+    warn_on_fallback(opts.run.gpu, on)
     if opts.run.retry_failed:
         log.info("retry-failed: %d failed rows back to pending", manifest.reset_failed())
     loaded = load_model(job, device)

@@ -1,5 +1,10 @@
 """Every option of every command, its default, and how a config file and the CLI combine.
 
+The option table (OPTIONS) is the settings classes' fields below, each declared once
+with `setting(default, help, commands, ...)`: the CLI's commands, the config file's
+keys, --help and the checks all come from it (pipeline/options.py). Adding an option
+is one field here.
+
 Options split in two kinds. Job settings decide what a feature *is* (model, weights,
 frames, sampling, per-frame output); they are fixed by the job's first scan and any
 later command that asks for something else is refused, so one output never mixes
@@ -16,7 +21,9 @@ from typing import Any
 
 import yaml
 
+from pipeline.devices import Device, parse_spec, resolve_devices
 from pipeline.errors import PipelineError
+from pipeline.options import Option, check_table, coerce, command_option, options_of, registry_names, setting
 
 DEFAULT_EXTENSIONS = (
     "mp4 m4v mov mkv webm avi flv wmv mpg mpeg ts mts m2ts 3gp dv ogv gif"
@@ -38,17 +45,31 @@ def available_cores() -> int:
 # Job settings added later, and what jobs created before them did.
 BEFORE_SETTING_EXISTED = {"resize": "pil"}
 
+# Which commands take which options as flags (`extract` takes every option of scan, run and export).
+ALL = ("scan", "run", "status", "export")
+SCAN, RUN, EXPORT = ("scan",), ("run",), ("export",)
+JOB = ("scan", "run")  # run takes them too, to check them against the job's
+
+# OpenAI's model names, as the original guide spells them, and open_clip's names for them.
+OPENAI_MODEL_NAMES = {"ViT-B/32": "ViT-B-32", "ViT-B/16": "ViT-B-16", "ViT-L/14": "ViT-L-14", "ViT-L/14@336px": "ViT-L-14-336"}
+
 
 @dataclass(frozen=True)
 class JobSettings:
     """What a feature is. Recorded in the manifest by the first scan."""
 
-    model: str = "ViT-B-32"
-    pretrained: str = "openai"
-    num_frames: int = 8
-    sampling: str = "exact"
-    resize: str = "swscale"
-    save_frames: bool = False
+    model: str = setting("ViT-B-32", "open_clip model name (or OpenAI's spelling, ViT-B/32) or config .json.", JOB)
+    pretrained: str = setting("openai", "open_clip tag, local checkpoint path, or none.", JOB)
+    num_frames: int = setting(8, "Frames sampled per video.", JOB, minimum=1)
+    sampling: str = setting(
+        "exact", "exact, or keyframes: the keyframe nearest each target (approximate, much faster).", JOB,
+        choices=SAMPLING_MODES,
+    )
+    resize: str = setting(
+        "swscale", "swscale (one C call from YUV) or pil (open_clip's exact arithmetic, slower).", JOB,
+        choices=RESIZE_MODES,
+    )
+    save_frames: bool = setting(False, "Keep per-frame features too.", JOB)
 
     def as_strings(self) -> dict[str, str]:
         return {f.name: to_text(getattr(self, f.name)) for f in fields(self)}
@@ -58,37 +79,54 @@ class JobSettings:
         """A stored job's settings. A setting added after the job was created takes the
         value that was in effect then, so an old job never changes definition midway."""
         values = {**BEFORE_SETTING_EXISTED, **values}
-        kwargs = {}
-        for f in fields(cls):
-            if f.name in values:
-                kwargs[f.name] = _coerce(f.name, values[f.name], type(getattr(cls(), f.name)))
-        return cls(**kwargs)
+        return cls(**{o.name: coerce(o, values[o.name]) for o in options_of(cls, "job") if o.name in values})
 
 
 @dataclass(frozen=True)
 class RunSettings:
     """How one run goes. Free to change between runs of the same job."""
 
-    gpu: str = "auto"
-    executor: str = "local"  # see pipeline/executors/
-    batch_size: int = 64
-    num_workers: int = 0  # 0: one decode worker per core
-    decode_threads: int = 0  # FFmpeg threads per worker; 0: cores // workers
-    cores: int = 0  # CPU cores the run may use; 0: all this process may run on
-    decoder: str = "cpu"  # or "nvdec": decode on the run's GPU, CPU fallback per video
-    max_attempts: int = 2
-    max_claims: int = 10
-    lease_seconds: float = 300.0
-    shard_size: int = 512
-    shard_seconds: float = 60.0
-    log_every: int = 100
-    retry_failed: bool = False
-    decode_timeout: float = 60.0  # seconds a video may take to decode, plus...
-    decode_timeout_per_mb: float = 1.0  # ...this much per MB of file
+    gpu: str = setting(
+        "auto", "auto, cpu, a CUDA device index, or several (0,1 / all / cpu,cpu: one engine each).", RUN,
+        aliases=("gpu_id",),
+    )
+    executor: str = setting(
+        "local", "How engines run: local (this machine, one engine per device).", RUN,
+        choices=registry_names("pipeline.executors", "executors"),
+    )
+    batch_size: int = setting(64, "Videos per forward pass.", RUN, minimum=1)
+    num_workers: int = setting(0, "Decode processes.", RUN, minimum=0, default_text="one per core")
+    decode_threads: int = setting(
+        0, "FFmpeg threads per decode worker.", RUN, minimum=0, default_text="cores / workers"
+    )
+    cores: int = setting(0, "CPU cores the run may use.", RUN, minimum=0, default_text="all it may run on")
+    decoder: str = setting(
+        "cpu", "cpu, or nvdec: decode on the run's GPU, falling back to the CPU per video.", RUN, choices=DECODERS
+    )
+    max_attempts: int = setting(2, "Decode attempts before a video fails.", RUN, minimum=1)
+    max_claims: int = setting(
+        10, "Claims by runs that stopped before a video is failed as abandoned (config file only).", minimum=1
+    )
+    lease_seconds: float = setting(300.0, "Claim lease, renewed while alive.", RUN, positive=True)
+    shard_size: int = setting(512, "Videos per shard file.", RUN, minimum=1)
+    shard_seconds: float = setting(60.0, "Commit a shard at least this often (config file only).", positive=True)
+    log_every: int = setting(100, "A progress line in the log every this many batches (config file only).", minimum=1)
+    retry_failed: bool = setting(False, "Try failed videos again.", RUN)
+    decode_timeout: float = setting(
+        60.0, "Seconds a video may decode (+1 s per MB) before it fails as a hang.", RUN, positive=True
+    )
+    decode_timeout_per_mb: float = setting(
+        1.0, "Extra decode seconds per MB of file (config file only).", minimum=0
+    )
 
     def deadline(self, size_bytes: int) -> float:
         """How long one video may decode before its worker is presumed hung and killed."""
         return self.decode_timeout + self.decode_timeout_per_mb * size_bytes / 1e6
+
+    def devices(self) -> list[Device]:
+        """The devices of --gpu on this machine: one engine each. Resolved here, once per
+        run, so the executor and the encoder get the same typed values."""
+        return resolve_devices(self.gpu)
 
     def core_count(self) -> int:
         return self.cores if self.cores > 0 else available_cores()
@@ -110,20 +148,38 @@ class RunSettings:
 class Paths:
     """Where the job lives. Not part of the job's identity."""
 
-    output_dir: str = "features"
-    db: str | None = None
-    video_dir: str | None = None
-    extensions: tuple[str, ...] = tuple(DEFAULT_EXTENSIONS)
+    video_dir: str | None = setting(None, "Folder searched recursively for videos.", SCAN)
+    output_dir: str = setting("features", "The job's directory.", ALL)
+    db: str | None = setting(None, "Manifest database URL.", ALL, default_text="OUTPUT_DIR/manifest.sqlite")
+    extensions: tuple[str, ...] = setting(tuple(DEFAULT_EXTENSIONS), "Comma-separated file extensions to register.", SCAN)
 
 
-_SECTIONS = (JobSettings, RunSettings, Paths)
-_KNOWN: dict[str, type] = {
-    f.name: type(getattr(cls(), f.name)) if getattr(cls(), f.name) is not None else str
-    for cls in _SECTIONS
-    for f in fields(cls)
-}
-# Keys that are command-specific but may sit in a shared config file.
-_EXTRA_KEYS = {"format": str}
+@dataclass(frozen=True)
+class ExportSettings:
+    """What `export` writes."""
+
+    format: str = setting(
+        "npy", "npy (features.npy + video_paths.txt) or pkl (features.pkl; pickle: load only from trusted sources).",
+        EXPORT, aliases=("save_format",), choices=registry_names("pipeline.exports", "formats"),
+    )
+
+
+# The option table: every option of every command, each defined once (above, or here for the
+# options of the commands themselves, which are neither settings nor config keys).
+OPTIONS: tuple[Option, ...] = (
+    *options_of(Paths, "paths"),
+    *options_of(JobSettings, "job"),
+    *options_of(RunSettings, "run"),
+    *options_of(ExportSettings, "export"),
+    command_option("config", str, None, "YAML file of option: value, flat or in the guide's sections (flags win).", ALL),
+    command_option("watch", bool, False, "Refresh live until Ctrl-C.", ("status",)),
+    command_option("json", bool, False, "Print one JSON object.", ("status",)),
+)
+check_table(OPTIONS)
+_BY_NAME = {o.name: o for o in OPTIONS}
+_CONFIG_KEYS = {key: o for o in OPTIONS if o.in_config for key in o.keys()}
+# The original guide's config layout: these sections hold options (`model:` also `name:`).
+GUIDE_SECTIONS = ("model", "data", "extraction", "device", "output")
 
 
 @dataclass(frozen=True)
@@ -131,8 +187,8 @@ class Options:
     job: JobSettings
     run: RunSettings
     paths: Paths
+    export: ExportSettings
     asked_job: dict[str, Any]  # job settings the user asked for explicitly
-    extra: dict[str, Any]
 
 
 def to_text(value: Any) -> str:
@@ -141,38 +197,24 @@ def to_text(value: Any) -> str:
     return str(value)
 
 
-def _coerce(key: str, value: Any, kind: type) -> Any:
-    """Turn a config/CLI value into the option's type, or say in one line why not."""
-    try:
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("true", "yes", "1", "on"):
-                return True
-            if text in ("false", "no", "0", "off"):
-                return False
-            raise ValueError
-        if kind is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if kind is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if kind is tuple:
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(str(i).strip().lstrip(".").lower() for i in items if str(i).strip())
-        if isinstance(value, (dict, list)):
-            raise ValueError
-        return str(value)
-    except (TypeError, ValueError):
-        raise PipelineError(f"option '{key}' must be {kind.__name__}, got {value!r}") from None
+def _config_key(path: Path, where: str, key: Any, section: str | None = None) -> Option:
+    """The option a config key names (a name or alias, dashes or underscores), or a one-line error."""
+    name = str(key).replace("-", "_")
+    option = _BY_NAME["model"] if (section == "model" and name == "name") else _CONFIG_KEYS.get(name)
+    if option is None:
+        raise PipelineError(f"config file {path}: unknown option '{where}'")
+    return option
 
 
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML config whose keys are the CLI's option names (dashes or underscores)."""
+    """Read a YAML config: flat `option: value`, or the original guide's sections.
+
+    Flat keys are the CLI's option names (dashes or underscores) and aliases. The guide's
+    layout groups them (`model: {name: ViT-B/32, pretrained: openai}`, `data: {video_dir:
+    ...}`, `extraction:`, `device: {gpu_id: 0}`, `output: {save_format: npy}`); a section
+    may hold any option, and `name` under `model` is the model. Either way every key must
+    be an option, and each option may be given once.
+    """
     p = Path(path)
     if not p.is_file():
         raise PipelineError(f"config file not found: {p}")
@@ -184,23 +226,33 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise PipelineError(f"config file {p} is not valid YAML{where}") from None
     if not isinstance(data, dict):
         raise PipelineError(f"config file {p} must be a mapping of option: value")
-    out: dict[str, Any] = {}
+    entries: list[tuple[str, Option, Any]] = []
     for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in _KNOWN and name not in _EXTRA_KEYS:
-            raise PipelineError(f"config file {p}: unknown option '{key}'")
-        out[name] = value
+        section = str(key).replace("-", "_")
+        if section in GUIDE_SECTIONS and isinstance(value, dict):
+            entries += [(f"{key}.{k}", _config_key(p, f"{key}.{k}", k, section), v) for k, v in value.items()]
+        else:
+            entries.append((str(key), _config_key(p, str(key), key), value))
+    out: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+    for where, option, value in entries:
+        if option.name in out:
+            raise PipelineError(f"config file {p}: '{option.name}' given twice ('{given_as[option.name]}' and '{where}')")
+        out[option.name], given_as[option.name] = value, where
     return out
 
 
 def _normalise_job_value(key: str, value: Any) -> Any:
-    """Local files are recorded by absolute path so a relative and an absolute spelling agree.
+    """Local files are recorded by absolute path so a relative and an absolute spelling agree,
+    and OpenAI's model names (ViT-B/32) by open_clip's (ViT-B-32), so both name one job.
 
     A model is a file only when it names a .json config; weights are a file when one
     exists there or the name has a checkpoint suffix. Anything else is a name or a tag.
     """
     if key == "pretrained" and isinstance(value, str) and value.lower() == "none":
         return "none"
+    if key == "model" and value in OPENAI_MODEL_NAMES:
+        return OPENAI_MODEL_NAMES[value]
     if key not in ("model", "pretrained") or not isinstance(value, str):
         return value
     p = Path(value).expanduser()
@@ -215,7 +267,11 @@ def _normalise_job_value(key: str, value: Any) -> Any:
 
 
 def resolve(cli: dict[str, Any], config: str | None = None) -> Options:
-    """Merge defaults < config file < command line into validated settings."""
+    """Merge defaults < config file < command line into validated settings.
+
+    `cli` holds the command's flags by option name (None: not given); a flag for
+    something that is not a setting (an unknown name) is a programming error.
+    """
     given: dict[str, Any] = {}
     if config:
         given.update(load_config(config))
@@ -223,52 +279,37 @@ def resolve(cli: dict[str, Any], config: str | None = None) -> Options:
 
     typed: dict[str, Any] = {}
     for key, value in given.items():
-        kind = _KNOWN.get(key) or _EXTRA_KEYS.get(key) or str
-        typed[key] = _coerce(key, value, kind)
+        option = _BY_NAME[key]
+        assert option.in_config, f"{key} is not a setting"
+        typed[key] = coerce(option, value)
 
     asked_job = {}
-    for f in fields(JobSettings):
-        if f.name in typed:
-            typed[f.name] = _normalise_job_value(f.name, typed[f.name])
-            asked_job[f.name] = typed[f.name]
+    for o in options_of(JobSettings, "job"):
+        if o.name in typed:
+            typed[o.name] = _normalise_job_value(o.name, typed[o.name])
+            asked_job[o.name] = typed[o.name]
 
-    def build(cls):
+    def build(cls: type) -> Any:
         return cls(**{f.name: typed[f.name] for f in fields(cls) if f.name in typed})
 
     opts = Options(
-        job=build(JobSettings),
-        run=build(RunSettings),
-        paths=build(Paths),
+        job=build(JobSettings), run=build(RunSettings), paths=build(Paths), export=build(ExportSettings),
         asked_job=asked_job,
-        extra={k: v for k, v in typed.items() if k in _EXTRA_KEYS},
     )
     _validate(opts)
     return opts
 
 
 def _validate(o: Options) -> None:
-    if o.job.num_frames < 1:
-        raise PipelineError(f"num_frames must be at least 1, got {o.job.num_frames}")
-    if o.job.sampling not in SAMPLING_MODES:
-        raise PipelineError(f"sampling must be one of {', '.join(SAMPLING_MODES)}, got {o.job.sampling!r}")
-    if o.run.batch_size < 1:
-        raise PipelineError(f"batch_size must be at least 1, got {o.run.batch_size}")
-    if o.job.resize not in RESIZE_MODES:
-        raise PipelineError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {o.job.resize!r}")
-    if o.run.decoder not in DECODERS:
-        raise PipelineError(f"decoder must be one of {', '.join(DECODERS)}, got {o.run.decoder!r}")
-    if o.run.num_workers < 0 or o.run.decode_threads < 0 or o.run.cores < 0:
-        raise PipelineError("num_workers, decode_threads and cores must be 0 (auto) or more")
+    """Each option's own limits (from the table), then the ones between options."""
+    for section in (o.job, o.run, o.paths, o.export):
+        for f in fields(section):
+            _BY_NAME[f.name].check(getattr(section, f.name))
+    parse_spec(o.run.gpu)  # its syntax now; whether the GPUs are there is the run's to ask
     if o.run.decode_threads * o.run.workers() > o.run.core_count():
         raise PipelineError(
             f"decode_threads {o.run.decode_threads} x {o.run.workers()} workers is more than the "
             f"{o.run.core_count()} cores this run may use"
         )
-    if o.run.max_attempts < 1 or o.run.max_claims < 1:
-        raise PipelineError("max_attempts and max_claims must be at least 1")
-    if o.run.decode_timeout <= 0 or o.run.decode_timeout_per_mb < 0:
-        raise PipelineError("decode_timeout must be positive and decode_timeout_per_mb not negative")
-    if o.run.lease_seconds <= 0 or o.run.shard_size < 1 or o.run.shard_seconds <= 0:
-        raise PipelineError("lease_seconds, shard_size and shard_seconds must be positive")
     if not o.paths.extensions:
         raise PipelineError("extensions must name at least one file extension")

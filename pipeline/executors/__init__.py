@@ -16,6 +16,7 @@ from pipeline.errors import PipelineError
 from pipeline.executors.base import Executor
 
 if TYPE_CHECKING:
+    from pipeline.devices import Device
     from pipeline.engine import RunSummary
     from pipeline.settings import Options
 
@@ -29,9 +30,10 @@ def executors() -> dict[str, type[Executor]]:
     return {e.name: e for e in (LocalExecutor,)}
 
 
-def run(opts: "Options") -> "RunSummary":
+def run(opts: "Options", devices: "list[Device] | None" = None) -> "RunSummary":
+    """`devices`: the run's --gpu resolved by the caller (extract does, before scanning), else here."""
     known = executors()
     name = opts.run.executor
     if name not in known:
         raise PipelineError(f"--executor must be one of {', '.join(known)}, got {name!r}")
-    return known[name]().run(opts)
+    return known[name]().run(opts, opts.run.devices() if devices is None else devices)

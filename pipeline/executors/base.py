@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 
 if TYPE_CHECKING:
+    from pipeline.devices import Device
     from pipeline.engine import RunSummary
     from pipeline.settings import Options
 
@@ -16,5 +17,5 @@ class Executor(ABC):
     help: ClassVar[str]
 
     @abstractmethod
-    def run(self, opts: "Options") -> "RunSummary":
-        """Process the job's pending videos until none is left or a stop is asked for."""
+    def run(self, opts: "Options", devices: "list[Device]") -> "RunSummary":
+        """Process the job's pending videos on `devices` until none is left or a stop is asked for."""

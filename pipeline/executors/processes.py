@@ -18,6 +18,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from types import FrameType
 
+from pipeline.devices import Device
 from pipeline.errors import PipelineError
 from pipeline.manifest import open_manifest
 from pipeline.progress import RunProgress
@@ -27,23 +28,7 @@ from pipeline.signals import STOP_SIGNALS, StopRequest, die_with_parent, listene
 log = logging.getLogger(__name__)
 
 
-def devices(spec: str) -> list[str]:
-    """The device list of --gpu: `0,1`, `all`, `cpu,cpu`; one entry means one engine."""
-    spec = str(spec).strip().lower()
-    if spec == "all":
-        import torch
-
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if not count:
-            raise PipelineError("--gpu all: no CUDA GPU is available")
-        return [str(i) for i in range(count)]
-    parts = [p.strip() for p in spec.split(",")]
-    if not all(parts):
-        raise PipelineError(f"--gpu {spec}: empty device in the list")
-    return parts
-
-
-def _engine_main(opts: Options, log_path: str, parent: int) -> None:
+def _engine_main(opts: Options, device: Device, log_path: str, parent: int) -> None:
     from pipeline.engine import run_engine
 
     die_with_parent(signal.SIGTERM)  # a clean stop, even if the parent was SIGKILLed
@@ -52,20 +37,20 @@ def _engine_main(opts: Options, log_path: str, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent passes stops on as SIGTERM
     try:
         with StopRequest(engine=True) as stop:
-            summary = run_engine(opts, stop, log_path=Path(log_path), engine=True)
+            summary = run_engine(opts, device, stop, log_path=Path(log_path), engine=True)
     except PipelineError as e:
         log.error("engine stopped: %s", e)
         raise SystemExit(1) from None
     raise SystemExit(130 if summary.state == "interrupted" else 0)
 
 
-def run_many(opts: Options, devs: list[str]) -> tuple[int, int, str, Path]:
-    """Run one engine per device until the job is done; returns (done, failed, state, log)."""
-    from pipeline.encoder import resolve_device
+def run_many(opts: Options, devs: list[Device]) -> tuple[int, int, str, Path]:
+    """Run one engine per device until the job is done; returns (done, failed, state, log).
+
+    `devs` come resolved (RunSettings.devices), so a GPU that is not there was an error
+    before anything started."""
     from pipeline.logs import start_log
 
-    for d in devs:
-        resolve_device(d)  # a GPU that is not there is an error before anything starts
     out = Path(opts.paths.output_dir)
     manifest = open_manifest(out, opts.paths.db)
     manifest.check_job(opts.asked_job)
@@ -73,11 +58,13 @@ def run_many(opts: Options, devs: list[str]) -> tuple[int, int, str, Path]:
     per_engine = max(1, opts.run.workers() // len(devs))
     cores = max(1, opts.run.core_count() // len(devs))  # each engine sizes its FFmpeg threads within its share
     ctx = mp.get_context("spawn")
-    engines: list[tuple[str, mp.Process]] = []
+    engines: list[tuple[Device, mp.Process]] = []
 
-    def launch(d: str) -> mp.Process:
-        child = dataclasses.replace(opts, run=dataclasses.replace(opts.run, gpu=d, num_workers=per_engine, cores=cores))
-        p = ctx.Process(target=_engine_main, args=(child, str(log_path), os.getpid()), name=f"engine-{d}")
+    def launch(d: Device) -> mp.Process:
+        child = dataclasses.replace(
+            opts, run=dataclasses.replace(opts.run, gpu=d.spec, num_workers=per_engine, cores=cores)
+        )
+        p = ctx.Process(target=_engine_main, args=(child, d, str(log_path), os.getpid()), name=f"engine-{d}")
         with stop_signals_blocked():  # pending, not fatal, until the engine listens for them
             p.start()
         engines.append((d, p))
@@ -100,7 +87,7 @@ def run_many(opts: Options, devs: list[str]) -> tuple[int, int, str, Path]:
     for d in devs:
         if not stops[0]:  # a stop that came while engines were starting starts no more
             launch(d)
-    log.info("started %d engines on %s, %d decode workers each", len(devs), ",".join(devs), per_engine)
+    log.info("started %d engines on %s, %d decode workers each", len(devs), ",".join(map(str, devs)), per_engine)
     start = manifest.counts()
     relaunches = 0
     try:
