@@ -258,18 +258,17 @@ class _Loop:
             self._log_rate()
 
     def _commit(self) -> None:
+        """Commit everything encoded, in shards of at most --shard-size rows."""
         self._finish()
-        record = self.writer.flush()
-        if record is None:
-            return
-        done = self.manifest.complete(self.run_id, record.name, record.rows, len(record.rows) * self.num_frames)
-        if done < len(record.rows):
-            log.warning("%d rows of shard %s had been claimed by another run", len(record.rows) - done, record.name)
-        for vid, _idx, _n in record.rows:
-            self.claimed.pop(vid, None)
-        self.done += done
-        if self.progress:
-            self.progress.update(self.done, self.failed)
+        while (record := self.writer.flush(self.settings.shard_size)) is not None:
+            done = self.manifest.complete(self.run_id, record.name, record.rows, len(record.rows) * self.num_frames)
+            if done < len(record.rows):
+                log.warning("%d rows of shard %s had been claimed by another run", len(record.rows) - done, record.name)
+            for vid, _idx, _n in record.rows:
+                self.claimed.pop(vid, None)
+            self.done += done
+            if self.progress:
+                self.progress.update(self.done, self.failed)
 
     def _log_rate(self) -> None:
         elapsed = max(time.monotonic() - self.started, 1e-9)

@@ -94,23 +94,32 @@ class ShardWriter:
         if self.save_frames:
             p.frames.append(frames)
 
-    def flush(self) -> ShardRecord | None:
+    def flush(self, limit: int | None = None) -> ShardRecord | None:
+        """Write the first `limit` buffered videos (all of them by default) as one shard.
+
+        A batch may be larger than a shard: the rest stays buffered for the next flush,
+        so no shard ever holds more than `limit` rows.
+        """
         p = self.buffer
         if not p.ids:
             return None
+        take = len(p.ids) if limit is None else min(limit, len(p.ids))
         self.seq += 1
         name = f"{self.writer_id}-{self.seq:05d}"
-        videos = np.concatenate(p.videos).astype(np.float32, copy=False)
+        all_videos = np.concatenate(p.videos).astype(np.float32, copy=False)
+        all_frames = np.concatenate(p.frames).astype(np.float32, copy=False) if self.save_frames else None
+        videos = all_videos[:take]
+        ids, paths, counts = p.ids[:take], p.paths[:take], p.counts[:take]
         sidecar = {
             "shard": name,
-            "videos": [{"id": i, "path": path, "index": k} for k, (i, path) in enumerate(zip(p.ids, p.paths))],
+            "videos": [{"id": i, "path": path, "index": k} for k, (i, path) in enumerate(zip(ids, paths))],
             "dim": int(videos.shape[1]),
             "frames_file": f"{name}.frames.npy" if self.save_frames else None,
         }
         try:
             atomic_write(self.dir / f"{name}.npy", npy_bytes(videos))
-            if self.save_frames:
-                atomic_write(self.dir / f"{name}.frames.npy", npy_bytes(np.concatenate(p.frames).astype(np.float32)))
+            if all_frames is not None:
+                atomic_write(self.dir / f"{name}.frames.npy", npy_bytes(all_frames[:take]))
             atomic_write(self.dir / f"{name}.json", json.dumps(sidecar, ensure_ascii=False).encode())
             fsync_dir(self.dir)
         except OSError as e:
@@ -118,6 +127,11 @@ class ShardWriter:
                 (self.dir / f"{name}{suffix}").unlink(missing_ok=True)
             what = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
             raise PipelineError(f"cannot write shards to {self.dir}: {what}") from None
-        record = ShardRecord(name, [(i, k, c) for k, (i, c) in enumerate(zip(p.ids, p.counts))])
-        self.buffer = _Buffer()
+        record = ShardRecord(name, [(i, k, c) for k, (i, c) in enumerate(zip(ids, counts))])
+        rest = _Buffer(p.ids[take:], p.paths[take:], p.counts[take:], opened=p.opened)
+        if rest.ids:
+            rest.videos.append(all_videos[take:])
+            if all_frames is not None:
+                rest.frames.append(all_frames[take:])
+        self.buffer = rest
         return record
