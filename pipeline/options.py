@@ -77,9 +77,13 @@ class Option:
             shown = ",".join(d) if isinstance(d, tuple) else f"{d:g}" if isinstance(d, float) else str(d)
         return f"{self.help} [default: {shown}]" if shown else self.help
 
+    def allowed(self) -> tuple[str, ...]:
+        """Its choices (a registry's names are looked up now); empty: any value of its type."""
+        return tuple(self.choices()) if callable(self.choices) else self.choices
+
     def check(self, value: Any) -> None:
         """The per-option limits: one of its choices, at least its minimum, positive."""
-        choices = tuple(self.choices()) if callable(self.choices) else self.choices
+        choices = self.allowed()
         if choices and value not in choices:
             raise PipelineError(f"{self.name} must be one of {', '.join(choices)}, got {value!r}")
         if self.minimum is not None and value < self.minimum:

@@ -28,8 +28,8 @@ def _sample(o: Option) -> tuple[list[str], Any]:
     """A valid non-default value for an option: its command-line words (after the flag) and its typed value."""
     if o.kind is bool:
         return [], not o.default
-    if o.choices:
-        value = next(c for c in o.choices if c != o.default)
+    if o.allowed():
+        value = next(c for c in o.allowed() if c != o.default)
     elif o.name == "gpu":
         value = "cpu,cpu"
     else:
