@@ -25,11 +25,12 @@ def _click(command: str) -> Any:
 
 
 def _sample(o: Option) -> tuple[list[str], Any]:
-    """A valid non-default value for an option: its command-line words (after the flag) and its typed value."""
+    """A valid value for an option, not its default where it has another: its command-line words
+    (after the flag) and its typed value."""
     if o.kind is bool:
         return [], not o.default
     if o.allowed():
-        value = next(c for c in o.allowed() if c != o.default)
+        value = next((c for c in o.allowed() if c != o.default), o.default)  # a registry of one (executor)
     elif o.name == "gpu":
         value = "cpu,cpu"
     else:
