@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import av
 import numpy as np
@@ -120,15 +121,20 @@ ATOL = 1e-5  # float rounding of a different batch layout; a wrong frame is 1e-3
 COS_MIN = 0.99999
 
 
-def assert_same_videos(got: np.ndarray, want: np.ndarray, names: list[str]) -> tuple[float, float]:
+class Agreement(NamedTuple):
+    worst_cosine: float  # of a row to its own reference
+    worst_diff: float  # largest element difference of a row from its own reference
+    margin: float  # smallest largest-difference between two different videos' references
+
+
+def assert_same_videos(got: np.ndarray, want: np.ndarray, names: list[str]) -> Agreement:
     """Row i of got is the feature of the video whose reference is row i of want.
 
     Each row must equal its reference at float tolerance, and its nearest reference over
     all rows must be its own, so a feature that belongs to another video (or to shifted
     frames) fails. No two references may be equal at that tolerance, or the check could
     not see a swap (the same test pattern in two codecs still differs by 8e-4). Returns the
-    worst cosine of a row to its own reference and the smallest largest-difference between
-    two videos' references (the margin the tolerance has).
+    figures, for the test to print.
     """
     assert got.shape == want.shape and len(names) == len(want), (got.shape, want.shape, len(names))
     sims = got.astype(np.float64) @ want.astype(np.float64).T
@@ -148,4 +154,4 @@ def assert_same_videos(got: np.ndarray, want: np.ndarray, names: list[str]) -> t
             diff = float(np.abs(want[i] - want[j]).max())
             assert diff > ATOL, f"{names[i]} and {names[j]} cannot be told apart (max diff {diff:.2e})"
             margin = min(margin, diff)
-    return float(own.min()), margin
+    return Agreement(float(own.min()), float(np.abs(got - want).max(initial=0.0)), margin)

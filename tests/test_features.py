@@ -14,7 +14,7 @@ from pipeline.preprocess import from_open_clip
 from pipeline.reader import load_features
 from pipeline.samples import DEMO_SPECS
 from tests.conftest import cli, model_args, status_json
-from tests.reference import assert_same_videos, definition_feature, load_open_clip, reference_feature, reference_video
+from tests.reference import Agreement, assert_same_videos, definition_feature, load_open_clip, reference_feature, reference_video
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def definition(extracted: Path, tiny_model: dict[str, str], corpus: Path) -> dic
     return {"model": model, "preprocess": preprocess, "geometry": geometry, "refs": refs, "want": want}
 
 
-def against_definition(features: np.ndarray, paths: list[str], definition: dict) -> tuple[float, float]:
+def against_definition(features: np.ndarray, paths: list[str], definition: dict) -> Agreement:
     """Row i is the feature of the video at paths[i], and the job's readable videos are all there."""
     assert sorted(paths) == sorted(definition["want"]), paths
     want = np.stack([definition["want"][p] for p in paths])
@@ -67,7 +67,7 @@ def test_features_match_definition(extracted: Path, definition: dict) -> None:
     paths = (extracted / "video_paths.txt").read_text().splitlines()
     assert feats.dtype == np.float32 and feats.shape == (6, 512) and len(paths) == 6
     assert np.allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
-    worst, margin = against_definition(feats, paths, definition)
+    agreement = against_definition(feats, paths, definition)
     model, preprocess, geometry = definition["model"], definition["preprocess"], definition["geometry"]
     std = torch.tensor(preprocess.transforms[-1].std).view(1, 3, 1, 1)
     mean = torch.tensor(preprocess.transforms[-1].mean).view(1, 3, 1, 1)
@@ -84,7 +84,7 @@ def test_features_match_definition(extracted: Path, definition: dict) -> None:
         assert np.array_equal(ours["swscale"], ref.crops), path  # the definition's frames, resized by the job
         assert diffs["swscale"].mean() < 2.0, path
         assert cos >= 0.999, path  # swscale against PIL: close, not equal
-    print(f"worst cosine to the definition's crops {worst:.7f}; two videos' references differ by at least {margin:.1e}")
+    print(f"against the definition's crops: {agreement}")
 
 
 def test_per_frame_features_saved(extracted: Path) -> None:
