@@ -34,7 +34,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline.decoder import DecodeError, PacketIndex, index_packets, plan_groups, sample_frames, sample_indices
+from pipeline.decoders import DecodeError, sample_frames
+from pipeline.decoders.pyav import PyAVDecoder, index_packets, plan_groups
+from pipeline.samplers import PacketIndex, get_sampler, sample_indices
 from pipeline.samples import Spec, make_tiny_clip, make_video
 from pipeline.settings import available_cores
 
@@ -362,11 +364,13 @@ def bench_corpus(
     encode_fps, encode_cpu = encode
     row = Row(name, len(paths), encode_fps=encode_fps)
     convert = loaded.preprocess.geometry.converter("swscale")
+    exact, keyframes = get_sampler("exact")(N), get_sampler("keyframes")(N)
+    planned, full = PyAVDecoder(), PyAVDecoder(plan=False)
     variants = {
         "naive_all_frames": naive_decode,
-        "full_decode": lambda p: sample_frames(p, N, convert, plan=False),
-        "exact_plan": lambda p: sample_frames(p, N, convert),
-        "keyframes": lambda p: sample_frames(p, N, convert, sampling="keyframes"),
+        "full_decode": lambda p: full.sample(p, exact, convert),
+        "exact_plan": lambda p: planned.sample(p, exact, convert),
+        "keyframes": lambda p: planned.sample(p, keyframes, convert),
         **peers(),
     }
     for label, fn in variants.items():

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.decoders import get_decoder
 from pipeline.devices import Device, warn_on_fallback
 from pipeline.errors import PipelineError
 from pipeline.logs import start_log
@@ -30,8 +31,6 @@ from pipeline.workers import DecodePool, DecodeSpec, Result, Task
 from pipeline.writer import ShardWriter
 
 if TYPE_CHECKING:
-    import torch
-
     from pipeline.encoder import Encoder, InFlight
 
 log = logging.getLogger(__name__)
@@ -86,9 +85,10 @@ def run_engine(
         raise PipelineError(f"the model now gives {loaded.dim}-d features, the job has {stored_dim}-d ones")
 
     workers = opts.run.workers()
+    get_decoder(opts.run.decoder).check(device)  # e.g. nvdec without a CUDA GPU: one line, before any worker
     spec = DecodeSpec(
         job.num_frames, loaded.preprocess.geometry, job.resize, job.sampling, opts.run.threads_per_worker(),
-        check_decoder(opts.run.decoder, device), device.index or 0,
+        opts.run.decoder, device.index or 0,
     )
     cpu_threads = max(1, opts.run.core_count() - workers) if device.type == "cpu" else None
     encoder = Encoder(loaded, device, cpu_threads)
@@ -122,19 +122,6 @@ def run_engine(
                  run_id, state, loop.done, loop.failed, back, decoding)
     others = manifest.counts()["running"]
     return RunSummary(run_id, loop.done, loop.failed, loop.retried, time.monotonic() - loop.started, state, log_path, others)
-
-
-def check_decoder(decoder: str, device: "torch.device") -> str:
-    """nvdec decodes on the run's own GPU; without one it is a clear error, not a silent CPU run."""
-    if decoder != "nvdec":
-        return decoder
-    if device.type != "cuda":
-        raise PipelineError(f"--decoder nvdec needs a CUDA GPU, but this run is on {device}; use --decoder cpu")
-    from av.codec.hwaccel import hwdevices_available
-
-    if "cuda" not in hwdevices_available():
-        raise PipelineError("--decoder nvdec: this PyAV's FFmpeg has no CUDA hwdevice; use --decoder cpu")
-    return decoder
 
 
 class _Loop:

@@ -24,7 +24,7 @@ import numpy as np
 from av.video.reformatter import Interpolation
 from PIL import Image
 
-from pipeline.decoder import quarter_turns, to_rgb, upright
+from pipeline.decoders import quarter_turns, to_rgb, upright
 from pipeline.errors import PipelineError
 from pipeline.settings import RESIZE_MODES
 

@@ -21,17 +21,19 @@ from typing import Any
 
 import yaml
 
+from pipeline.decoders import DECODERS as DECODER_REGISTRY
 from pipeline.devices import Device, parse_spec, resolve_devices
 from pipeline.errors import PipelineError
 from pipeline.options import Option, check_table, coerce, command_option, options_of, registry_names, setting
+from pipeline.samplers import SAMPLERS
 
 DEFAULT_EXTENSIONS = (
     "mp4 m4v mov mkv webm avi flv wmv mpg mpeg ts mts m2ts 3gp dv ogv gif"
 ).split()
 
-SAMPLING_MODES = ("exact", "keyframes")
+SAMPLING_MODES = tuple(SAMPLERS)  # the registries' names (pipeline/samplers/, pipeline/decoders/)
 RESIZE_MODES = ("swscale", "pil")
-DECODERS = ("cpu", "nvdec")
+DECODERS = tuple(DECODER_REGISTRY)
 
 
 def available_cores() -> int:

@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.decoder import DecodeError, Sampled, sample_frames
+from pipeline.decoders import DecodeError, get_decoder
 from pipeline.preprocess import Geometry
+from pipeline.samplers import get_sampler
 from pipeline.signals import die_with_parent, ignore_stop_signals, stop_signals_blocked
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,9 @@ class DecodeSpec:
     num_frames: int
     geometry: Geometry
     resize: str = "swscale"
-    sampling: str = "exact"
+    sampling: str = "exact"  # a name in pipeline.samplers.SAMPLERS
     threads: int = 1  # FFmpeg threads per worker
-    decoder: str = "cpu"  # "nvdec": PyAV's CUDA hwaccel, CPU fallback per video
+    decoder: str = "cpu"  # a name in pipeline.decoders.DECODERS
     gpu_index: int = 0
 
     @property
@@ -98,40 +99,12 @@ class Result:
     crashed: bool = False  # its worker process died while holding it
 
 
-def _nvdec(spec: DecodeSpec) -> tuple[Any, Any]:
-    """PyAV's CUDA hwaccel for this worker, plus a device context held for its lifetime.
-
-    Every open makes its own device context; with primary_ctx they all share the
-    GPU's primary CUDA context, which the held one keeps alive, so an open costs
-    microseconds instead of a context creation. If the GPU cannot be opened here at
-    all, this worker decodes on the CPU rather than failing every video.
-    """
-    import av
-    from av.codec.hwaccel import HWAccel
-
-    try:
-        hw = HWAccel("cuda", device=str(spec.gpu_index), allow_software_fallback=True, options={"primary_ctx": "1"})
-        return hw, hw.create(av.Codec("h264", "r"))
-    except Exception as e:  # noqa: BLE001 - any failure means: no GPU decoding in this worker
-        log.warning("nvdec unavailable in this decode worker (%s): decoding on the CPU", e)
-        return None, None
-
-
-def _sample(path: str, spec: DecodeSpec, convert: Any, hw: Any) -> Sampled:
-    """Decode on the GPU when asked; any failure there is retried on the CPU, per video."""
-    if hw is not None:
-        try:
-            return sample_frames(path, spec.num_frames, convert, spec.threads, sampling=spec.sampling, hwaccel=hw)
-        except Exception as e:  # noqa: BLE001 - the CPU decides whether the file is bad
-            log.info("nvdec could not decode %s (%s): decoding it on the CPU", path, e)
-    return sample_frames(path, spec.num_frames, convert, spec.threads, sampling=spec.sampling)
-
-
 def _worker_main(conn: Connection, spec: DecodeSpec, shm_name: str, slots: int) -> None:
     die_with_parent(signal.SIGKILL)  # a worker never outlives its run, even a SIGKILLed one
     ignore_stop_signals()  # the run decides when workers stop (see pipeline/signals.py)
     convert = spec.geometry.converter(spec.resize)
-    hw, _held = _nvdec(spec) if spec.decoder == "nvdec" else (None, None)
+    sampler = get_sampler(spec.sampling)(spec.num_frames)
+    decoder = get_decoder(spec.decoder)(spec.threads, spec.gpu_index)
     shm = SharedMemory(name=shm_name)
     out = np.ndarray((slots, *spec.shape), dtype=np.uint8, buffer=shm.buf)
     while True:
@@ -142,7 +115,7 @@ def _worker_main(conn: Connection, spec: DecodeSpec, shm_name: str, slots: int) 
         if task is None:
             break
         try:
-            sampled = _sample(task.path, spec, convert, hw)
+            sampled = decoder.sample(task.path, sampler, convert)
             for i, frame in enumerate(sampled.frames):
                 out[task.slot, i] = frame
             result = Result(task.video_id, None, sampled.n, None, decoded=sampled.decoded)

@@ -234,7 +234,7 @@ def test_keyframe_sampling_and_pil_resize_reach_the_workers(tmp_path: Path, corp
     import numpy as np
     import torch
 
-    from pipeline.decoder import sample_frames
+    from pipeline.decoders import sample_frames
     from pipeline.encoder import Encoder
     from pipeline.models import load_model
     from pipeline.reader import load_features

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.decoder import sample_frames
+from pipeline.decoders import sample_frames
 from pipeline.preprocess import from_open_clip
 from pipeline.reader import load_features
 from pipeline.samples import DEMO_SPECS

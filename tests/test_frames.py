@@ -14,7 +14,10 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.decoder import DecodeError, PacketIndex, index_packets, nearest_keyframes, sample_frames, sample_indices
+from pipeline.decoders import DecodeError, sample_frames
+from pipeline.decoders.pyav import index_packets
+from pipeline.samplers import PacketIndex, sample_indices
+from pipeline.samplers.keyframes import nearest_keyframes
 from pipeline.samples import Spec, frame_image, make_video
 from tests.conftest import REALVIDEOS
 from tests.reference import reference_frames
@@ -157,16 +160,19 @@ def test_gpu_decoder_failure_falls_back_to_the_cpu_per_video(videos: dict[str, P
     import torch
     from av.codec.hwaccel import HWAccel
 
+    from pipeline.decoders import get_decoder
     from pipeline.preprocess import Geometry
-    from pipeline.workers import DecodeSpec, _nvdec, _sample
+    from pipeline.samplers import get_sampler
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: nvdec would really decode")
-    spec = DecodeSpec(8, Geometry(64, (64, 64), "shortest", "bicubic"), decoder="nvdec")
-    assert _nvdec(spec) == (None, None)  # the worker-wide fallback
+    decoder = get_decoder("nvdec")()  # as a worker builds it
+    assert decoder.hwaccel is None  # the worker-wide fallback
     path = str(videos["h264_bframes.mp4"])
-    convert = spec.geometry.converter("swscale")
-    got = _sample(path, spec, convert, HWAccel("cuda", allow_software_fallback=True))
+    convert = Geometry(64, (64, 64), "shortest", "bicubic").converter("swscale")
+    decoder.hwaccel = HWAccel("cuda", allow_software_fallback=True)  # a GPU that fails on every video
+    got = decoder.sample(path, get_sampler("exact")(8), convert)
     want = sample_frames(path, 8, convert)
+    assert decoder.fallbacks == 1
     assert got.indices == want.indices
     assert all(np.array_equal(a, b) for a, b in zip(got.frames, want.frames))

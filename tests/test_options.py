@@ -196,9 +196,9 @@ def test_all_on_one_gpu_is_one_engine_the_encoder_accepts(monkeypatch: pytest.Mo
     (device,) = resolve({"gpu": "all"}).run.devices()
     assert device == Device("cuda", 0) and device.spec == "0"
     assert device.torch() == torch.device("cuda", 0)
-    from pipeline.engine import check_decoder
+    from pipeline.decoders import get_decoder
 
-    assert check_decoder("cpu", device.torch()) == "cpu"  # what run_engine does with it before the encoder
+    get_decoder("cpu").check(device.torch())  # what run_engine does with it before the encoder
 
 
 @pytest.mark.parametrize("spec", ["tpu", "auto,0", "all,1", "0,", "-1", "1.5", "", "cuda:0"])

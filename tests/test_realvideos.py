@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.decoder import sample_frames
+from pipeline.decoders import sample_frames
 from pipeline.preprocess import from_open_clip
 from pipeline.reader import load_features
 from tests.conftest import REALVIDEOS, cli, model_args, status_json

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.decoder import sample_frames
+from pipeline.decoders import sample_frames
 from pipeline.samples import Spec, make_video
 from pipeline.sources import _sources, open_video, source_for
 

@@ -1,59 +1,25 @@
-"""Stage 2a: turn one video file into its N sampled frames, as RGB arrays.
+"""The CPU decoder (`--decoder cpu`): PyAV, decoding only what the sampler's frames need.
 
-The frames are defined on the decoded stream, not on container metadata: n is the
-number of frames the decoder gives, targets are round(linspace(0, n-1, N)) in the
-decoder's output (display) order, and each frame is turned upright by its display
-matrix. docs/design/decode-plan.md explains the two passes and when a file is judged
-damaged rather than short.
+The frames are defined on the decoded stream, not on container metadata: the packet
+index is read first, in the same open container the decode then seeks in; exact
+frames decode exactly the floor the bitstream allows (each target's keyframe, the
+reference pictures up to it, the target), the keyframe sampler's choice decodes each
+keyframe alone, and where neither can be done exactly the whole stream is decoded and
+the frames picked again from the decoded count. docs/design/decode-plan.md explains the
+passes and when a file is judged damaged rather than short.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import av
-import numpy as np
+
+from pipeline.decoders import Convert, Decoder, DecodeError, Sampled, to_rgb
+from pipeline.samplers import PacketIndex, Sampler
 
 # A stream where more than this share of packets yields no frame is damaged, not short.
 MIN_DECODED_SHARE = 0.5
-
-# Containers whose packets carry presentation timestamps, so pts order is display order.
-# AVI's "pts" is a decode-order counter: with B-frames it names the wrong frames.
-PTS_CONTAINERS = {"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "mpegts", "mpeg", "flv", "asf", "ogg"}
-
-
-class DecodeError(Exception):
-    """The file cannot give its frames; the message is the reason users will read."""
-
-
-@dataclass(frozen=True)
-class Sampled:
-    frames: list[Any]  # one per target, in target order (repeats share an object)
-    n: int  # frames in the stream
-    indices: list[int]
-    decoded: int = 0  # frames the decoder produced to get them (the cost)
-
-
-def sample_indices(n: int, k: int) -> list[int]:
-    """round(linspace(0, n-1, k)): k indices spread over n frames, repeating when n < k."""
-    if n < 1:
-        raise ValueError("no frames")
-    return [int(i) for i in np.round(np.linspace(0, n - 1, k))]
-
-
-def quarter_turns(rotation: float | int | None) -> int:
-    """A display-matrix rotation (degrees counter-clockwise, as FFmpeg reports it) in quarter turns."""
-    return int(round((rotation or 0) / 90.0)) % 4
-
-
-def upright(rgb: np.ndarray, rotation: float | int | None) -> np.ndarray:
-    """Apply a display-matrix rotation."""
-    quarter = quarter_turns(rotation)
-    return np.ascontiguousarray(np.rot90(rgb, k=quarter)) if quarter else rgb
 
 
 def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
@@ -83,33 +49,6 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, av.FFmpegError):
         return f"{type(e).__name__}: {e.strerror or e}"
     return f"{type(e).__name__}: {e}"
-
-
-@dataclass(frozen=True)
-class PacketIndex:
-    """The video stream's packets in decode order, read without decoding anything."""
-
-    pts: list[int | None]
-    key: list[bool]
-    container: str = ""
-
-    @property
-    def n(self) -> int:
-        return len(self.pts)
-
-    @cached_property
-    def display(self) -> list[int] | None:
-        """Every packet's pts in display order; None where pts cannot name frames."""
-        if self.container not in PTS_CONTAINERS:
-            return None
-        if any(p is None for p in self.pts) or len(set(self.pts)) != self.n:
-            return None
-        return sorted(self.pts)  # type: ignore[arg-type]
-
-    @cached_property
-    def position(self) -> dict[int | None, int]:
-        """pts -> decode position."""
-        return {p: i for i, p in enumerate(self.pts)}
 
 
 def _index(c: av.container.InputContainer, stream: av.video.stream.VideoStream) -> PacketIndex:
@@ -155,7 +94,7 @@ def _planned_pass(
     stream: av.video.stream.VideoStream,
     index: PacketIndex,
     indices: list[int],
-    convert: Callable[[av.VideoFrame], Any],
+    convert: Convert,
 ) -> tuple[dict[int, Any], int] | None:
     """Decode only what the targets need, exactly; None where that cannot be done here.
 
@@ -213,36 +152,12 @@ def _planned_pass(
     return {by_pts[p]: v for p, v in kept.items()}, decoded
 
 
-def nearest_keyframes(index: PacketIndex, indices: list[int]) -> list[int] | None:
-    """For each target (display index), the display index of the keyframe nearest it.
-
-    Ties go to the earlier keyframe. None where pts cannot name frames.
-    """
-    display = index.display
-    if display is None:
-        return None
-    rank = {p: i for i, p in enumerate(display)}
-    keys = sorted(rank[p] for p, k in zip(index.pts, index.key) if k)
-    if not keys:
-        return None
-    chosen = []
-    for t in indices:
-        i = bisect.bisect_right(keys, t)  # keys[:i] are at or before t
-        before = keys[i - 1] if i else None
-        after = keys[i] if i < len(keys) else None
-        if before is None or (after is not None and after - t < t - before):
-            chosen.append(after)
-        else:
-            chosen.append(before)
-    return chosen
-
-
 def _keyframe_pass(
     c: av.container.InputContainer,
     stream: av.video.stream.VideoStream,
     index: PacketIndex,
     chosen: list[int],
-    convert: Callable[[av.VideoFrame], Any],
+    convert: Convert,
 ) -> tuple[dict[int, Any], int] | None:
     """Decode each chosen keyframe on its own: seek, feed its one packet, drain, reset.
 
@@ -283,7 +198,7 @@ def _keyframe_pass(
     return kept, decoded
 
 
-def _decode_pass(path: str, targets: set[int], convert: Callable[[av.VideoFrame], Any], threads: int, hwaccel: Any) -> tuple[dict[int, Any], int]:
+def _decode_pass(path: str, targets: set[int], convert: Convert, threads: int, hwaccel: Any) -> tuple[dict[int, Any], int]:
     """Decode the whole stream once, converting only the target frames; return (kept, n)."""
     kept: dict[int, Any] = {}
     n = 0
@@ -300,28 +215,17 @@ def _decode_pass(path: str, targets: set[int], convert: Callable[[av.VideoFrame]
     return kept, n
 
 
-def to_rgb(frame: av.VideoFrame) -> np.ndarray:
-    return upright(frame.to_ndarray(format="rgb24"), frame.rotation)
-
-
-def sample_frames(
-    path: str,
-    num_frames: int,
-    convert: Callable[[av.VideoFrame], Any] = to_rgb,
-    threads: int = 1,
-    plan: bool = True,
-    sampling: str = "exact",
-    hwaccel: Any = None,
+def decode(
+    path: str, sampler: Sampler, convert: Convert = to_rgb, threads: int = 1, plan: bool = True, hwaccel: Any = None
 ) -> Sampled:
-    """The N target frames of a video, each passed through `convert`.
+    """The sampler's frames of a video, each passed through `convert`.
 
-    Index the packets (no decoding) and pick targets from their count. Then decode
-    only what the targets need (see _planned_pass), in the same open container. Where
-    that cannot be done exactly, decode the whole stream instead, and if the decoder's
-    frame count differs from the packet count, pick the targets again from the decoded
-    count and decode once more; a stream that loses most of its frames is damaged.
-    `sampling="keyframes"` takes the keyframe nearest each target instead (approximate,
-    much cheaper), and falls back to the exact frames where keyframes cannot be named.
+    Index the packets (no decoding) and ask the sampler for its choices. Take the first
+    that decodes exactly in the same open container: nearest keyframes each alone
+    (_keyframe_pass), exact frames by the plan (_planned_pass; not with plan=False).
+    Where none does, decode the whole stream instead, and if the decoder's frame count
+    differs from the packet count, pick the targets again from the decoded count and
+    decode once more; a stream that loses most of its frames is damaged.
     """
     with _open(path, hwaccel) as c:
         stream = _video_stream(c)
@@ -330,16 +234,15 @@ def sample_frames(
         expected = index.n
         if expected == 0:
             raise DecodeError("the video stream has no packets")
-        indices = sample_indices(expected, num_frames)
-        if sampling == "keyframes" and (chosen := nearest_keyframes(index, indices)) is not None:
-            got = _keyframe_pass(c, stream, index, chosen, convert)
+        for choice in sampler.choose(index):
+            if choice.keyframes:
+                got = _keyframe_pass(c, stream, index, choice.indices, convert)
+            else:
+                got = _planned_pass(c, stream, index, choice.indices, convert) if plan else None
             if got is not None:
                 kept, decoded = got
-                return Sampled([kept[i] for i in chosen], expected, chosen, decoded)
-        planned = _planned_pass(c, stream, index, indices, convert) if plan else None
-    if planned is not None:
-        kept, decoded = planned
-        return Sampled([kept[i] for i in indices], expected, indices, decoded)
+                return Sampled([kept[i] for i in choice.indices], expected, choice.indices, decoded)
+    indices = sampler.from_count(expected)
     kept, n = _decode_pass(path, set(indices), convert, threads, hwaccel)
     decoded = n
     if n != expected:
@@ -347,9 +250,23 @@ def sample_frames(
             raise DecodeError(f"no frame decodes ({expected} packets)")
         if n < expected * MIN_DECODED_SHARE:
             raise DecodeError(f"damaged stream: only {n} of {expected} packets decode to frames")
-        indices = sample_indices(n, num_frames)
+        indices = sampler.from_count(n)
         kept, n2 = _decode_pass(path, set(indices), convert, threads, hwaccel)
         decoded += n2
         if n2 != n:
             raise DecodeError(f"decoding is not repeatable: {n} frames, then {n2}")
     return Sampled([kept[i] for i in indices], n, indices, decoded)
+
+
+class PyAVDecoder(Decoder):
+    """PyAV (FFmpeg) on the CPU, `threads` FFmpeg threads. `plan=False` always decodes the
+    whole stream (the benchmark's baseline)."""
+
+    hwaccel: Any = None  # PyAV's hwaccel for every open (the nvdec decoder sets it)
+
+    def __init__(self, threads: int = 1, gpu_index: int = 0, plan: bool = True) -> None:
+        super().__init__(threads, gpu_index)
+        self.plan = plan
+
+    def sample(self, path: str, sampler: Sampler, convert: Convert = to_rgb) -> Sampled:
+        return decode(path, sampler, convert, self.threads, self.plan, self.hwaccel)

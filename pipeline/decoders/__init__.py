@@ -1,0 +1,102 @@
+"""Decoders: turn one video file and a sampler's choice into its frames (stage 2a).
+
+A decoder reads the packet index, asks the sampler (`pipeline/samplers/`) which frames
+it wants, and decodes only what those need; it hands each target frame, as the decoder
+produced it, to `convert` (RGB by default; the workers pass the model's crop), turned
+upright by its display matrix. What frames a feature has is the sampler's; a decoder
+changes speed, never frames (the contract test holds every one to the definition,
+pixel for pixel). docs/design/decode-plan.md explains the plan and its fallbacks.
+
+Registered by name (the run setting `--decoder`); each implementation is a module here
+and one line in DECODERS, imported only when used, so this package imports neither
+PyAV nor torch and the settings can list the names.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.samplers import Sampler, get_sampler
+
+if TYPE_CHECKING:
+    import av
+    import torch
+
+# name -> "module:class", imported on first use.
+DECODERS: dict[str, str] = {
+    "cpu": "pipeline.decoders.pyav:PyAVDecoder",
+    "nvdec": "pipeline.decoders.nvdec:NvdecDecoder",
+}
+
+Convert = Callable[["av.VideoFrame"], Any]
+
+
+class DecodeError(Exception):
+    """The file cannot give its frames; the message is the reason users will read."""
+
+
+@dataclass(frozen=True)
+class Sampled:
+    frames: list[Any]  # one per target, in target order (repeats share an object)
+    n: int  # frames in the stream
+    indices: list[int]
+    decoded: int = 0  # frames the decoder produced to get them (the cost)
+
+
+def quarter_turns(rotation: float | int | None) -> int:
+    """A display-matrix rotation (degrees counter-clockwise, as FFmpeg reports it) in quarter turns."""
+    return int(round((rotation or 0) / 90.0)) % 4
+
+
+def upright(rgb: np.ndarray, rotation: float | int | None) -> np.ndarray:
+    """Apply a display-matrix rotation."""
+    quarter = quarter_turns(rotation)
+    return np.ascontiguousarray(np.rot90(rgb, k=quarter)) if quarter else rgb
+
+
+def to_rgb(frame: "av.VideoFrame") -> np.ndarray:
+    """The frame as upright full-size RGB (the default `convert`)."""
+    return upright(frame.to_ndarray(format="rgb24"), frame.rotation)
+
+
+class Decoder(ABC):
+    """Decodes the frames a sampler chooses. One per decode worker, built from the registry
+    with the run's FFmpeg threads per worker and its GPU."""
+
+    needs_gpu: ClassVar[bool] = False  # its real case runs only where CUDA is (@pytest.mark.gpu)
+
+    def __init__(self, threads: int = 1, gpu_index: int = 0) -> None:
+        self.threads = threads
+        self.gpu_index = gpu_index
+
+    @classmethod
+    def check(cls, device: "torch.device") -> None:
+        """Refuse, with one PipelineError line, a run on `device` this decoder cannot serve;
+        called once by the run before any worker starts."""
+
+    @abstractmethod
+    def sample(self, path: str, sampler: Sampler, convert: Convert = to_rgb) -> Sampled:
+        """The sampler's frames of one file, each through `convert`; DecodeError with the
+        reason when the file cannot give them."""
+
+
+def get_decoder(name: str) -> type[Decoder]:
+    """The decoder registered as `name` (its module, and PyAV with it, imported now)."""
+    if name not in DECODERS:
+        raise PipelineError(f"decoder must be one of {', '.join(DECODERS)}, got {name!r}")
+    module, _, cls = DECODERS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def sample_frames(
+    path: str, num_frames: int, convert: Convert = to_rgb, sampling: str = "exact", decoder: str = "cpu", threads: int = 1
+) -> Sampled:
+    """One video's frames as a run gets them: sampler and decoder by their registry names."""
+    return get_decoder(decoder)(threads).sample(path, get_sampler(sampling)(num_frames), convert)

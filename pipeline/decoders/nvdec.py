@@ -1,0 +1,71 @@
+"""The nvdec decoder (`--decoder nvdec`): the same decode plan with PyAV's CUDA hwaccel.
+
+H.264/HEVC decoding is bit-exact by specification, so this changes speed, not frames:
+frames are downloaded from the GPU and converted as on the CPU. It never costs a
+video: a worker whose GPU cannot be opened decodes on the CPU, and a file the GPU
+decoder cannot handle (or any error on it) is decoded again on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import av
+from av.codec.hwaccel import HWAccel, hwdevices_available
+
+from pipeline.decoders import Convert, Sampled, to_rgb
+from pipeline.decoders.pyav import PyAVDecoder, decode
+from pipeline.errors import PipelineError
+from pipeline.samplers import Sampler
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+
+def open_cuda(gpu_index: int) -> tuple[HWAccel | None, Any]:
+    """PyAV's CUDA hwaccel for this worker, plus a device context held for its lifetime.
+
+    Every open makes its own device context; with primary_ctx they all share the
+    GPU's primary CUDA context, which the held one keeps alive, so an open costs
+    microseconds instead of a context creation. (None, None) where the GPU cannot be
+    opened here at all: the worker then decodes on the CPU rather than failing every video.
+    """
+    try:
+        hw = HWAccel("cuda", device=str(gpu_index), allow_software_fallback=True, options={"primary_ctx": "1"})
+        return hw, hw.create(av.Codec("h264", "r"))
+    except Exception as e:  # noqa: BLE001 - any failure means: no GPU decoding in this worker
+        log.warning("nvdec unavailable in this decode worker (%s): decoding on the CPU", e)
+        return None, None
+
+
+class NvdecDecoder(PyAVDecoder):
+    """PyAV with CUDA hwaccel on the run's GPU, falling back to the CPU per worker and per video."""
+
+    needs_gpu: ClassVar[bool] = True
+
+    def __init__(self, threads: int = 1, gpu_index: int = 0) -> None:
+        super().__init__(threads, gpu_index)
+        self.hwaccel, self._held = open_cuda(gpu_index)  # hwaccel None: this worker decodes on the CPU
+        self.fallbacks = 0  # videos the GPU failed on and the CPU decoded
+
+    @classmethod
+    def check(cls, device: "torch.device") -> None:
+        """nvdec decodes on the run's own GPU; without one it is a clear error, not a silent CPU run."""
+        if device.type != "cuda":
+            raise PipelineError(f"--decoder nvdec needs a CUDA GPU, but this run is on {device}; use --decoder cpu")
+        if "cuda" not in hwdevices_available():
+            raise PipelineError("--decoder nvdec: this PyAV's FFmpeg has no CUDA hwdevice; use --decoder cpu")
+
+    def sample(self, path: str, sampler: Sampler, convert: Convert = to_rgb) -> Sampled:
+        """On the GPU when it opened; any failure there is retried on the CPU, which decides
+        whether the file is bad."""
+        if self.hwaccel is not None:
+            try:
+                return super().sample(path, sampler, convert)
+            except Exception as e:  # noqa: BLE001 - the CPU decides whether the file is bad
+                log.info("nvdec could not decode %s (%s): decoding it on the CPU", path, e)
+                self.fallbacks += 1
+        return decode(path, sampler, convert, self.threads, self.plan)
