@@ -68,7 +68,7 @@ def status(opts: Options, as_json: bool, watch: bool) -> None:
 
 
 def export(opts: Options) -> None:
-    from pipeline.exports import export as export_job
+    from pipeline.exports.job import export as export_job
 
     written, feats = export_job(opts.paths.output_dir, opts.paths.db, opts.export.format)
     shape = "x".join(str(d) for d in feats.features.shape)

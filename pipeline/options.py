@@ -44,7 +44,7 @@ class Option:
     commands: frozenset[str]  # commands that take it as a flag (extract implied); empty: config file only
     section: str  # "job", "run", "paths", "export" (settings), or "command" (a flag of the command itself)
     aliases: tuple[str, ...] = ()  # other names for it, as flags and as config keys (the guide's --gpu_id)
-    choices: tuple[str, ...] | Callable[[], Sequence[str]] = ()  # a callable: a seam's registry, asked when needed
+    choices: tuple[str, ...] | Callable[[], Sequence[str]] = ()  # a callable: a seam's registry's names
     minimum: float | None = None
     positive: bool = False
     default_text: str | None = None  # how --help shows a default that is computed (e.g. "one per core")
@@ -109,18 +109,6 @@ def setting(
     meta = dict(help=help, commands=frozenset(commands), aliases=tuple(aliases), choices=choices if callable(choices) else tuple(choices),
                 minimum=minimum, positive=positive, default_text=default_text)
     return field(default=default, metadata={_META: meta})
-
-
-def registry_names(module: str, registry: str) -> Callable[[], tuple[str, ...]]:
-    """Choices that a seam's registry owns (`pipeline/exports` `formats`, say), imported only
-    when an option is checked, so reading the settings loads no implementation."""
-
-    def names() -> tuple[str, ...]:
-        import importlib
-
-        return tuple(getattr(importlib.import_module(module), registry)())
-
-    return names
 
 
 def _kind(f: Field[Any]) -> type:

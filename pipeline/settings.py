@@ -24,16 +24,18 @@ import yaml
 from pipeline.decoders import DECODERS as DECODER_REGISTRY
 from pipeline.devices import Device, parse_spec, resolve_devices
 from pipeline.errors import PipelineError
-from pipeline.options import Option, check_table, coerce, command_option, options_of, registry_names, setting
+from pipeline.executors import EXECUTORS
+from pipeline.exports import FORMATS
+from pipeline.options import Option, check_table, coerce, command_option, options_of, setting
 from pipeline.samplers import SAMPLERS
 
 DEFAULT_EXTENSIONS = (
     "mp4 m4v mov mkv webm avi flv wmv mpg mpeg ts mts m2ts 3gp dv ogv gif"
 ).split()
 
-SAMPLING_MODES = tuple(SAMPLERS)  # the registries' names (pipeline/samplers/, pipeline/decoders/)
+SAMPLING_MODES = SAMPLERS.names()  # the registries' names (pipeline/samplers/, pipeline/decoders/)
 RESIZE_MODES = ("swscale", "pil")
-DECODERS = tuple(DECODER_REGISTRY)
+DECODERS = DECODER_REGISTRY.names()
 
 
 def available_cores() -> int:
@@ -94,7 +96,7 @@ class RunSettings:
     )
     executor: str = setting(
         "local", "How engines run: local (this machine, one engine per device).", RUN,
-        choices=registry_names("pipeline.executors", "executors"),
+        choices=EXECUTORS.names,
     )
     batch_size: int = setting(64, "Videos per forward pass.", RUN, minimum=1)
     num_workers: int = setting(0, "Decode processes.", RUN, minimum=0, default_text="one per core")
@@ -162,7 +164,7 @@ class ExportSettings:
 
     format: str = setting(
         "npy", "npy (features.npy + video_paths.txt) or pkl (features.pkl; pickle: load only from trusted sources).",
-        EXPORT, aliases=("save_format",), choices=registry_names("pipeline.exports", "formats"),
+        EXPORT, aliases=("save_format",), choices=FORMATS.names,
     )
 
 

@@ -30,8 +30,10 @@ from typing import Any
 import numpy as np
 
 from pipeline.decoders import DecodeError, get_decoder
+from pipeline.errors import PipelineError
 from pipeline.preprocess import Geometry
 from pipeline.samplers import get_sampler
+from pipeline.sources import open_video
 from pipeline.signals import die_with_parent, ignore_stop_signals, stop_signals_blocked
 
 log = logging.getLogger(__name__)
@@ -115,11 +117,11 @@ def _worker_main(conn: Connection, spec: DecodeSpec, shm_name: str, slots: int) 
         if task is None:
             break
         try:
-            sampled = decoder.sample(task.path, sampler, convert)
+            sampled = decoder.sample(open_video(task.path), sampler, convert)
             for i, frame in enumerate(sampled.frames):
                 out[task.slot, i] = frame
             result = Result(task.video_id, None, sampled.n, None, decoded=sampled.decoded)
-        except DecodeError as e:
+        except (DecodeError, PipelineError) as e:  # the file, or its source, says why
             result = Result(task.video_id, None, 0, str(e))
         except MemoryError:
             result = Result(task.video_id, None, 0, "out of memory while decoding")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.executors import executors
+from pipeline.executors import EXECUTORS
 from pipeline.reader import load_features
 from pipeline.samples import make_clips
 from tests.conftest import cli, kill_group, model_args
@@ -26,7 +26,7 @@ CASES = [(name, shape) for name, shapes in SHAPES.items() for shape in shapes]
 
 
 def test_every_executor_is_held_to_the_contract() -> None:
-    assert set(SHAPES) == set(executors()), "a registered executor has no contract case"
+    assert set(SHAPES) == set(EXECUTORS), "a registered executor has no contract case"
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.exports import formats
+from pipeline.exports import FORMATS
 
 PATHS = [
     "/data/plain.mp4",
@@ -20,12 +20,12 @@ PATHS = [
 ]
 
 
-@pytest.mark.parametrize("fmt", sorted(formats()))
+@pytest.mark.parametrize("fmt", FORMATS.names())
 def test_format_round_trips_features_and_paths(tmp_path: Path, fmt: str) -> None:
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((len(PATHS), 16)).astype(np.float32)
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-    kind = formats()[fmt]
+    kind = FORMATS.load(fmt)
     writer = kind(tmp_path, len(PATHS), 16)
     writer.write(PATHS[:3], feats[:3])  # in pieces, as a large job is written
     writer.write(PATHS[3:], feats[3:])
@@ -36,9 +36,9 @@ def test_format_round_trips_features_and_paths(tmp_path: Path, fmt: str) -> None
     assert got.dtype == np.float32 and np.array_equal(got, feats)
 
 
-@pytest.mark.parametrize("fmt", sorted(formats()))
+@pytest.mark.parametrize("fmt", FORMATS.names())
 def test_format_refuses_a_short_write(tmp_path: Path, fmt: str) -> None:
-    writer = formats()[fmt](tmp_path, 3, 4)
+    writer = FORMATS.load(fmt)(tmp_path, 3, 4)
     writer.write(["/a.mp4"], np.zeros((1, 4), np.float32))
     with pytest.raises(ValueError):
         writer.close()

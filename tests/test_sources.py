@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.decoders import sample_frames
 from pipeline.samples import Spec, make_video
-from pipeline.sources import _sources, open_video, source_for
+from pipeline.sources import SOURCES, open_video, source_for
 
 NAMES = ["a.mp4", "sub/b.mkv", "sub/deeper/c.MOV"]
 
@@ -25,7 +25,7 @@ LOCATIONS: dict[str, Callable[[Path], str]] = {"LocalFolder": local_folder}
 
 
 def test_every_source_has_a_contract_case() -> None:
-    assert {k.__name__ for k in _sources()} == set(LOCATIONS)
+    assert {k.__name__ for k in SOURCES.classes().values()} == set(LOCATIONS)
 
 
 @pytest.mark.parametrize("kind", sorted(LOCATIONS))

@@ -14,7 +14,6 @@ PyAV nor torch and the settings can list the names.
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,18 +21,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.registry import Registry
 from pipeline.samplers import Sampler, get_sampler
 
 if TYPE_CHECKING:
     import av
     import torch
 
-# name -> "module:class", imported on first use.
-DECODERS: dict[str, str] = {
+DECODERS = Registry("decoder", {
     "cpu": "pipeline.decoders.pyav:PyAVDecoder",
     "nvdec": "pipeline.decoders.nvdec:NvdecDecoder",
-}
+})
 
 Convert = Callable[["av.VideoFrame"], Any]
 
@@ -88,11 +86,7 @@ class Decoder(ABC):
 
 
 def get_decoder(name: str) -> type[Decoder]:
-    """The decoder registered as `name` (its module, and PyAV with it, imported now)."""
-    if name not in DECODERS:
-        raise PipelineError(f"decoder must be one of {', '.join(DECODERS)}, got {name!r}")
-    module, _, cls = DECODERS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    return DECODERS.load(name)
 
 
 def sample_frames(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pipeline.errors import PipelineError
+from pipeline.registry import Registry
 from pipeline.executors.base import Executor
 
 if TYPE_CHECKING:
@@ -20,20 +20,15 @@ if TYPE_CHECKING:
     from pipeline.engine import RunSummary
     from pipeline.settings import Options
 
-__all__ = ["Executor", "executors", "run"]
+__all__ = ["EXECUTORS", "Executor", "run"]
 
 
-def executors() -> dict[str, type[Executor]]:
-    """The registry: every executor by name."""
-    from pipeline.executors.local import LocalExecutor
-
-    return {e.name: e for e in (LocalExecutor,)}
+EXECUTORS = Registry("executor", {
+    "local": "pipeline.executors.local:LocalExecutor",
+})
 
 
 def run(opts: "Options", devices: "list[Device] | None" = None) -> "RunSummary":
     """`devices`: the run's --gpu resolved by the caller (extract does, before scanning), else here."""
-    known = executors()
-    name = opts.run.executor
-    if name not in known:
-        raise PipelineError(f"--executor must be one of {', '.join(known)}, got {name!r}")
-    return known[name]().run(opts, opts.run.devices() if devices is None else devices)
+    executor = EXECUTORS.load(opts.run.executor)
+    return executor().run(opts, opts.run.devices() if devices is None else devices)

@@ -12,20 +12,20 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.models.base import Family, Model
+from pipeline.registry import Registry
 from pipeline.settings import JobSettings
 
-__all__ = ["Family", "Model", "check_weights", "family_for", "load_model"]
+__all__ = ["FAMILIES", "Family", "Model", "check_weights", "family_for", "load_model"]
 
 
-def _families() -> list[type[Family]]:
-    from pipeline.models.open_clip import OpenClip
-
-    return [OpenClip]  # the first that accepts a name is its family; the first is the default
+FAMILIES = Registry("model family", {
+    "open_clip": "pipeline.models.open_clip:OpenClip",
+})  # the first that accepts a model name is its family; the first is also the default
 
 
 def family_for(model: str) -> type[Family]:
     """The family of a job's model; the default family words the error for unknown names."""
-    families = _families()
+    families = list(FAMILIES.classes().values())
     return next((f for f in families if f.accepts(model)), families[0])
 
 

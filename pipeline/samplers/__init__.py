@@ -14,20 +14,18 @@ here and one line in SAMPLERS. Importing this package imports no PyAV and no tor
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.registry import Registry
 
-# name -> "module:class", imported on first use.
-SAMPLERS: dict[str, str] = {
+SAMPLERS = Registry("sampling", {
     "exact": "pipeline.samplers.uniform:Uniform",
     "keyframes": "pipeline.samplers.keyframes:NearestKeyframes",
-}
+})
 
 # Containers whose packets carry presentation timestamps, so pts order is display order.
 # AVI's "pts" is a decode-order counter: with B-frames it names the wrong frames.
@@ -97,8 +95,4 @@ class Sampler(ABC):
 
 
 def get_sampler(name: str) -> type[Sampler]:
-    """The sampler registered as `name`."""
-    if name not in SAMPLERS:
-        raise PipelineError(f"sampling must be one of {', '.join(SAMPLERS)}, got {name!r}")
-    module, _, cls = SAMPLERS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    return SAMPLERS.load(name)

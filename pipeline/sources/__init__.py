@@ -13,19 +13,19 @@ from __future__ import annotations
 from typing import IO
 
 from pipeline.errors import PipelineError
+from pipeline.registry import Registry
 from pipeline.sources.base import Entry, Source
 
-__all__ = ["Entry", "Source", "open_video", "source_for"]
+__all__ = ["SOURCES", "Entry", "Source", "open_video", "source_for"]
 
 
-def _sources() -> list[type[Source]]:
-    from pipeline.sources.local import LocalFolder
-
-    return [LocalFolder]
+SOURCES = Registry("source", {
+    "local": "pipeline.sources.local:LocalFolder",
+})  # tried in this order: the first kind that accepts a location takes it
 
 
 def source_for(location: str) -> Source:
-    for kind in _sources():
+    for kind in SOURCES.classes().values():
         if kind.accepts(location):
             return kind(location)
     raise PipelineError(f"video directory not found: {location}")
@@ -33,7 +33,7 @@ def source_for(location: str) -> Source:
 
 def open_video(name: str) -> str | IO[bytes]:
     """A registered video by its manifest name, for decoding."""
-    for kind in _sources():
+    for kind in SOURCES.classes().values():
         if kind.owns(name):
             return kind.open(name)
     raise PipelineError(f"no source can open {name!r}")
