@@ -26,12 +26,19 @@ class Encoded:
     frames: np.ndarray  # [B, N, D] float32, unit norm
 
 
+OUT_OF_MEMORY_WORDS = (
+    "out of memory", "can't allocate memory",
+    "cublas_status_alloc_failed", "cudnn_status_alloc_failed", "cufft_alloc_failed",  # CUDA libraries' own words
+)
+
+
 def is_out_of_memory(e: BaseException) -> bool:
-    """CUDA OOM, or the CPU allocator refusing (a real memory limit on CPU runs)."""
+    """CUDA OOM (torch's, or a CUDA library failing to allocate its workspace), or the CPU
+    allocator refusing (a real memory limit on CPU runs)."""
     if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
         return True
     text = str(e).lower()
-    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    return isinstance(e, RuntimeError) and any(words in text for words in OUT_OF_MEMORY_WORDS)
 
 
 class InFlight:
@@ -53,6 +60,8 @@ class InFlight:
         return self._done is None or self._done.query()
 
     def result(self) -> Encoded:
+        if self._done is not None:
+            self._done.synchronize()  # a blocking event: the host sleeps, it does not spin a core
         parts = self._parts.result() if isinstance(self._parts, Future) else self._parts
         videos = np.concatenate([v.cpu().numpy() for v, _ in parts]).astype(np.float32, copy=False)
         frames = np.concatenate([f.cpu().numpy() for _, f in parts]).astype(np.float32, copy=False)
@@ -74,6 +83,10 @@ class Encoder:
         self.model = model
         self.device = device
         self.cuda = device.type == "cuda"
+        if self.cuda:
+            # The engine's device is the current one: otherwise leaving a stream context
+            # switches to GPU 0 and gives it a stray CUDA context per engine.
+            torch.cuda.set_device(device)
         self.max_videos: int | None = None  # set when memory ran out: the batch that fits
         self._buffers: list[torch.Tensor | None] = [None, None]
         self._copied: list[torch.cuda.Event | None] = [None, None]  # CUDA: when each buffer may be refilled
@@ -123,24 +136,26 @@ class Encoder:
             chunk = host[start * per_video : (start + size) * per_video]
             try:
                 parts.append(self._forward(chunk, per_video))
+                start += size
+                continue
             except Exception as e:  # noqa: BLE001 - only out-of-memory is handled
                 if not is_out_of_memory(e):
                     raise
-                if self.cuda:
-                    torch.cuda.empty_cache()
-                if size == 1:
-                    raise PipelineError(f"out of memory encoding one video ({per_video} frames) on {self.device}") from None
-                size //= 2
-                self.max_videos = size
-                log.warning("out of memory on %s: batch size now %d videos for the rest of the run", self.device, size)
-                continue
-            start += size
+            # Out of the except block, so the traceback no longer holds the failed pass's
+            # tensors and the cache can really be given back (PyTorch's FAQ).
+            if self.cuda:
+                torch.cuda.empty_cache()
+            if size == 1:
+                raise PipelineError(f"out of memory encoding one video ({per_video} frames) on {self.device}") from None
+            size //= 2
+            self.max_videos = size
+            log.warning("out of memory on %s: batch size now %d videos for the rest of the run", self.device, size)
         return parts
 
     def _event(self, stream: "torch.cuda.Stream | None") -> "torch.cuda.Event | None":
         if stream is None:
             return None
-        event = torch.cuda.Event()
+        event = torch.cuda.Event(blocking=True)  # waited on by sleeping, not by spinning a core
         event.record(stream)
         return event
 

@@ -205,19 +205,24 @@ class _Loop:
             res.crops = np.array(res.crops)  # out of the worker's shared slot before it is reused
             self.ready.append(res)
             return
-        del self.claimed[res.video_id]
         if res.crashed and self.stop is not None and self.stop.requested:
             # A worker that died while its run is stopping (a signal to the whole group, say)
             # says nothing about its video: it goes back untouched with the run's other claims.
+            del self.claimed[res.video_id]
             log.info("decode worker ended during the stop; %s goes back uncharged", claim.path)
             return
-        status = self.manifest.fail_attempt(self.run_id, res.video_id, res.error, self.settings.max_attempts, res.final)
+        self._charge(res.video_id, res.error, res.final)
+
+    def _charge(self, video_id: int, error: str, final: bool) -> None:
+        """A failed attempt for a video this run holds: back to pending, or failed at the limit."""
+        claim = self.claimed.pop(video_id)
+        status = self.manifest.fail_attempt(self.run_id, video_id, error, self.settings.max_attempts, final)
         if status == "failed":
             self.failed += 1
-            log.warning("failed: %s: %s", claim.path, res.error)
+            log.warning("failed: %s: %s", claim.path, error)
         else:
             self.retried += 1
-            log.info("attempt %d failed, will retry: %s: %s", claim.attempts + 1, claim.path, res.error)
+            log.info("attempt %d failed, will retry: %s: %s", claim.attempts + 1, claim.path, error)
         if self.progress:
             self.progress.update(self.done, self.failed)
 
@@ -238,8 +243,15 @@ class _Loop:
         enc = launched.result()
         if self.encoder.max_videos and self.encoder.max_videos < self.batch_size:
             self.batch_size = self.encoder.max_videos  # memory ran out during that batch
+        finite = np.isfinite(enc.videos).all(axis=1) & np.isfinite(enc.frames).all(axis=(1, 2))
+        if not finite.all():  # fp16 overflow, or weights that give NaN: a reason, never a stored NaN
+            for r in (r for r, ok in zip(batch, finite) if not ok):
+                self._charge(r.video_id, f"non-finite feature (NaN or Inf) from the model on {self.encoder.device}", True)
+            batch = [r for r, ok in zip(batch, finite) if ok]
+            enc.videos, enc.frames = enc.videos[finite], enc.frames[finite]
         ids = [r.video_id for r in batch]
-        self.writer.add(ids, [self.claimed[i].path for i in ids], [r.n for r in batch], enc.videos, enc.frames)
+        if ids:
+            self.writer.add(ids, [self.claimed[i].path for i in ids], [r.n for r in batch], enc.videos, enc.frames)
         self.batches += 1
         if self.batches % self.settings.log_every == 0:
             self._log_rate()

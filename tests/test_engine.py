@@ -50,3 +50,34 @@ def test_a_staged_batch_is_not_overwritten_while_encoded(engine) -> None:
     pending = [enc.submit(b, 4) for b in batches]
     for p, want in zip(pending, alone):
         assert np.allclose(p.result().videos, want, atol=1e-6)
+
+
+def test_cuda_libraries_running_out_of_memory_count_as_out_of_memory() -> None:
+    """cuBLAS failing to allocate its workspace is the same wall as torch's OOM: halve, don't die."""
+    from pipeline.encoder import is_out_of_memory
+
+    assert is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not is_out_of_memory(RuntimeError("CUDA error: an illegal memory access was encountered"))
+
+
+def test_a_non_finite_feature_fails_its_video_with_a_reason(tmp_path, tiny_model) -> None:
+    """Weights that give NaN (as an fp16 overflow would): every video fails with the reason,
+    and no NaN is ever committed to a shard."""
+    import json
+
+    from pipeline.samples import make_clips
+    from tests.conftest import cli
+
+    state = torch.load(tiny_model["pretrained"], weights_only=True)
+    state["visual.proj"] = torch.full_like(state["visual.proj"], float("nan"))
+    bad = tmp_path / "nan.pt"
+    torch.save(state, bad)
+    videos = make_clips(tmp_path / "v", 3, width=32, height=32, frames=4)
+    out = tmp_path / "out"
+    cli("extract", "--video-dir", str(videos), "--output-dir", str(out), "--model", tiny_model["model"],
+        "--pretrained", str(bad), "--gpu", "cpu", "--num-workers", "1")
+    st = json.loads(cli("status", "--output-dir", str(out), "--json").stdout)
+    assert (st["done"], st["failed"], st["pending"], st["running"]) == (0, 3, 0, 0)
+    assert all(f["error"].startswith("non-finite feature") for f in st["failures"]), st["failures"]
+    assert not list((out / "shards").glob("*.npy"))
