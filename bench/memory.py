@@ -9,7 +9,6 @@ bench/results/memory.json. Used by `make bench` and by tests/faults/test_memory.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import write_results  # noqa: E402
 from pipeline.samples import make_clips, make_tiny_clip  # noqa: E402
 
 
@@ -98,10 +98,7 @@ def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
     r = measure(n, ROOT / "bench" / "cache" / f"memory_{n}")
     print(report(r))
-    results = ROOT / "bench" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "memory.json").write_text(json.dumps(r, indent=1))
-    print(f"wrote {results / 'memory.json'}")
+    write_results("memory", r)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ bench/results/scan.json. Used by `make bench` and by tests/test_scan.py.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import write_results  # noqa: E402
 from pipeline.samples import make_tiny_clip  # noqa: E402
 
 PER_FOLDER = 1000
@@ -74,10 +74,7 @@ def main() -> None:
         r = measure(n, Path(work))
     del r["output_dir"]
     print(report(r))
-    results = ROOT / "bench" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "scan.json").write_text(json.dumps(r, indent=1))
-    print(f"wrote {results / 'scan.json'}")
+    write_results("scan", r)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ exit. Writes bench/results/stop.json.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -25,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import write_results  # noqa: E402
 from pipeline.samples import make_clips, make_tiny_clip  # noqa: E402
 
 CASES = {
@@ -108,10 +108,7 @@ def main() -> None:
     repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     r = measure(repeats, ROOT / "bench" / "cache" / "stop")
     print(report(r))
-    results = ROOT / "bench" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "stop.json").write_text(json.dumps(r, indent=1))
-    print(f"wrote {results / 'stop.json'}")
+    write_results("stop", r)
 
 
 if __name__ == "__main__":

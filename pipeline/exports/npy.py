@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.exports.base import Exporter
-from pipeline.exports.rows import Rows
+from pipeline.exports.rows import GatheredExport
 from pipeline.writer import atomic_write, npy_bytes
 
 log = logging.getLogger(__name__)
@@ -39,24 +38,17 @@ def line_path(line: str) -> str:
     return _ESCAPE.sub(lambda m: _UNESCAPED.get(m.group(1), m.group(0)), line)
 
 
-class NpyExport(Exporter):
+class NpyExport(GatheredExport):
     name = "npy"
     help = "features.npy + video_paths.txt"
 
-    def __init__(self, out: Path, count: int, dim: int) -> None:
-        super().__init__(out, count, dim)
-        self.rows = Rows(count, dim)
-
-    def write(self, paths: list[str], features: np.ndarray) -> None:
-        self.rows.add(paths, features)
-
     def close(self) -> list[Path]:
-        self.rows.check_full()
-        lines = [path_line(p) for p in self.rows.paths]
-        escaped = sum(1 for a, b in zip(lines, self.rows.paths) if a != b)
+        self.check_full()
+        lines = [path_line(p) for p in self.paths]
+        escaped = sum(1 for a, b in zip(lines, self.paths) if a != b)
         if escaped:
             log.warning("%d paths contain line breaks or escapes: written escaped in video_paths.txt", escaped)
-        atomic_write(self.out / "features.npy", npy_bytes(self.rows.features))
+        atomic_write(self.out / "features.npy", npy_bytes(self.features))
         atomic_write(self.out / "video_paths.txt", "".join(f"{line}\n" for line in lines).encode("utf-8", "surrogateescape"))
         return [self.out / "features.npy", self.out / "video_paths.txt"]
 

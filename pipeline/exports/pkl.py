@@ -8,25 +8,17 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.exports.base import Exporter
-from pipeline.exports.rows import Rows
+from pipeline.exports.rows import GatheredExport
 from pipeline.writer import atomic_write
 
 
-class PklExport(Exporter):
+class PklExport(GatheredExport):
     name = "pkl"
     help = "features.pkl (pickle: load only from trusted sources)"
 
-    def __init__(self, out: Path, count: int, dim: int) -> None:
-        super().__init__(out, count, dim)
-        self.rows = Rows(count, dim)
-
-    def write(self, paths: list[str], features: np.ndarray) -> None:
-        self.rows.add(paths, features)
-
     def close(self) -> list[Path]:
-        self.rows.check_full()
-        blob = pickle.dumps({"features": self.rows.features, "video_paths": self.rows.paths}, protocol=4)
+        self.check_full()
+        blob = pickle.dumps({"features": self.features, "video_paths": self.paths}, protocol=4)
         atomic_write(self.out / "features.pkl", blob)
         return [self.out / "features.pkl"]
 
