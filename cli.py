@@ -73,6 +73,45 @@ def extract(config: str | None, **flags: Any) -> None:
     raise typer.Exit(commands.extract(resolve(flags, config)))
 
 
+# -- issue 13: checking and using the features
+
+
+@app.command()
+@command(OPTIONS, "verify")
+def verify(config: str | None, json: bool, **flags: Any) -> None:
+    """Check every done video's feature: in its shard, finite, unit norm, sidecars and model fingerprint agree."""
+    from pipeline import commands
+
+    raise typer.Exit(commands.verify(resolve(flags, config), as_json=json))
+
+
+@app.command()
+@command(OPTIONS, "probe")
+def probe(config: str | None, json: bool, predict: bool, out: str | None, **flags: Any) -> None:
+    """Cross-validate a classifier on the features (--labels FILE) and save it; --predict scores the job's videos."""
+    from pipeline import commands
+
+    commands.probe(resolve(flags, config), as_json=json, predict=predict, out=out)
+
+
+@app.command()
+@command(OPTIONS, "plot")
+def plot(config: str | None, out: str | None, **flags: Any) -> None:
+    """PNGs of the feature space coloured by label (--method pca|tsne|umap) and of similarity to class centroids."""
+    from pipeline import commands
+
+    commands.plot(resolve(flags, config), out=out)
+
+
+@app.command()
+@command(OPTIONS, "report")
+def report(config: str | None, out: str | None, **flags: Any) -> None:
+    """One self-contained HTML page: counts, failures, the probe's metrics, the plots."""
+    from pipeline import commands
+
+    commands.report(resolve(flags, config), out=out)
+
+
 def main(argv: list[str] | None = None, command_app: typer.Typer = app, prog_name: str = "cli.py") -> int:
     """Run a command; bad input is one `error:` line on stderr (usage: exit 2, the pipeline's: 1)."""
     try:

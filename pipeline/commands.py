@@ -84,3 +84,73 @@ def extract(opts: Options) -> int:
     if code == 0:
         export(opts)
     return code
+
+
+# -- issue 13: checking and using the features (pipeline/verify.py, labels.py, probe.py, plots.py, report.py)
+
+
+def verify(opts: Options, as_json: bool) -> int:
+    """Exit 0 when every done row holds; else one line per problem (stdout) and 1."""
+    import json
+
+    from pipeline.verify import verify as check
+
+    v = check(opts.paths.output_dir, opts.paths.db)
+    if as_json:
+        print(json.dumps(v.as_json(), ensure_ascii=False))
+    else:
+        for p in v.problems:
+            print(p.message)
+    for w in v.warnings:
+        console.print(f"warning: {w}")
+    console.print(f"verify: {v.done} done videos in {v.shards} shards, {v.dim}-d: "
+                  + ("all hold" if v.ok else f"{len(v.problems)} problems"))
+    return 0 if v.ok else 1
+
+
+def probe(opts: Options, as_json: bool, predict: bool, out: str | None) -> None:
+    import json
+
+    from pipeline import probe as probes
+
+    a = opts.analysis
+    if predict:
+        p = probes.predict(opts.paths.output_dir, opts.paths.db, out)
+        if as_json:
+            print(json.dumps({"out": str(p.out), "count": p.count, "predicted": p.predicted}))
+        console.print(f"scored {p.count} videos: " + ", ".join(f"{k} {v}" for k, v in p.predicted.items()) + f"; {p.out}")
+        return
+    if not a.labels:
+        raise PipelineError("probe needs --labels FILE (DFDC metadata.json, a path,label CSV, or folders), or --predict")
+    r = probes.train(opts.paths.output_dir, opts.paths.db, a.labels, a.classifier, a.folds)
+    for w in r.warnings:
+        console.print(f"warning: {w}")
+    if as_json:
+        print(json.dumps(r.as_json()))
+        return
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    for f in r.folds:
+        console.print(f"fold {f['fold']}: {f['n']} videos, AUC {fmt(f['auc'])}, log loss {fmt(f['log_loss'])}, accuracy {fmt(f['accuracy'])}")
+    o = r.overall
+    console.print(f"overall ({r.kind}, {len(r.folds)} grouped folds, {r.n} videos: "
+                  + ", ".join(f"{c} {n}" for c, n in r.counts.items())
+                  + f"): AUC {fmt(o['auc'])}, log loss {fmt(o['log_loss'])}, accuracy {fmt(o['accuracy'])}")
+    console.print(f"confusion (rows true, columns predicted; {', '.join(r.classes)}): {o['confusion']}")
+    console.print(f"classifier saved: {r.classifier_path}")
+
+
+def plot(opts: Options, out: str | None) -> None:
+    from pipeline.plots import plot as draw
+
+    if not opts.analysis.labels:
+        raise PipelineError("plot needs --labels FILE (DFDC metadata.json, a path,label CSV, or folders)")
+    p = draw(opts.paths.output_dir, opts.paths.db, opts.analysis.labels, opts.analysis.method, out)
+    for w in p.warnings:
+        console.print(f"warning: {w}")
+    console.print(f"plotted {p.n} videos ({', '.join(p.classes)}): " + ", ".join(str(f) for f in p.files))
+
+
+def report(opts: Options, out: str | None) -> None:
+    from pipeline.report import write
+
+    console.print(f"report: {write(opts.paths.output_dir, opts.paths.db, out)}")

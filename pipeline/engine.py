@@ -22,6 +22,7 @@ import numpy as np
 from pipeline.decoders import get_decoder
 from pipeline.devices import Device, warn_on_fallback
 from pipeline.errors import PipelineError
+from pipeline.fingerprint import record as record_fingerprint
 from pipeline.logs import start_log
 from pipeline.manifest import Claim, Manifest, open_manifest
 from pipeline.progress import RunProgress
@@ -83,6 +84,7 @@ def run_engine(
         manifest.set_setting("dim", str(loaded.dim))
     elif int(stored_dim) != loaded.dim:
         raise PipelineError(f"the model now gives {loaded.dim}-d features, the job has {stored_dim}-d ones")
+    fingerprint = record_fingerprint(manifest, job, loaded)  # a changed checkpoint is refused here
 
     workers = opts.run.workers()
     get_decoder(opts.run.decoder).check(device)  # e.g. nvdec without a CUDA GPU: one line, before any worker
@@ -100,6 +102,7 @@ def run_engine(
         log.info("gave back %d rows claimed by runs that are gone", released)
 
     loop = _Loop(opts, manifest, run_id, encoder, job.num_frames, job.save_frames, out)
+    loop.writer.extra["fingerprint"] = fingerprint  # each shard says what made it (pipeline/fingerprint.py)
     pool = DecodePool(workers, spec)
     state, message = "crashed", None
     try:

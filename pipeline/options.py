@@ -28,6 +28,7 @@ from pipeline.errors import PipelineError
 
 # The commands. `extract` is scan, run and export in one go, so it takes all of their options.
 COMMANDS = ("scan", "run", "status", "export", "extract")
+COMMANDS += ("verify", "probe", "plot", "report")  # issue 13: checking and using the features
 EXTRACT_OF = frozenset({"scan", "run", "export"})
 
 _META = "option"

@@ -36,6 +36,8 @@ DEFAULT_EXTENSIONS = (
 SAMPLING_MODES = SAMPLERS.names()  # the registries' names (pipeline/samplers/, pipeline/decoders/)
 RESIZE_MODES = ("swscale", "pil")
 DECODERS = DECODER_REGISTRY.names()
+CLASSIFIERS = ("logreg", "svm", "mlp")  # pipeline/probe.py
+PLOT_METHODS = ("pca", "tsne", "umap")  # pipeline/plots.py
 
 
 def available_cores() -> int:
@@ -53,6 +55,8 @@ BEFORE_SETTING_EXISTED = {"resize": "pil"}
 ALL = ("scan", "run", "status", "export")
 SCAN, RUN, EXPORT = ("scan",), ("run",), ("export",)
 JOB = ("scan", "run")  # run takes them too, to check them against the job's
+ANALYSIS = ("verify", "probe", "plot", "report")  # they read a job: --output-dir, --db, --config
+ALL += ANALYSIS
 
 # OpenAI's model names, as the original guide spells them, and open_clip's names for them.
 OPENAI_MODEL_NAMES = {"ViT-B/32": "ViT-B-32", "ViT-B/16": "ViT-B-16", "ViT-L/14": "ViT-L-14", "ViT-L/14@336px": "ViT-L-14-336"}
@@ -168,6 +172,21 @@ class ExportSettings:
     )
 
 
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """What probe and plot read and fit (pipeline/labels.py, pipeline/probe.py, pipeline/plots.py)."""
+
+    labels: str | None = setting(
+        None, "A DFDC metadata.json (or a folder or zip holding them), a path,label CSV, or 'folders' "
+        "(each video's parent folder name).", ("probe", "plot"),
+    )
+    classifier: str = setting(
+        "logreg", "logreg, svm (linear, with calibrated probabilities) or mlp.", ("probe",), choices=CLASSIFIERS,
+    )
+    folds: int = setting(5, "Cross-validation folds, grouped so a fake and its original stay on one side.", ("probe",), minimum=1)
+    method: str = setting("pca", "pca, tsne, or umap (needs umap-learn).", ("plot",), choices=PLOT_METHODS)
+
+
 # The option table: every option of every command, each defined once (above, or here for the
 # options of the commands themselves, which are neither settings nor config keys).
 OPTIONS: tuple[Option, ...] = (
@@ -175,9 +194,12 @@ OPTIONS: tuple[Option, ...] = (
     *options_of(JobSettings, "job"),
     *options_of(RunSettings, "run"),
     *options_of(ExportSettings, "export"),
+    *options_of(AnalysisSettings, "analysis"),
     command_option("config", str, None, "YAML file of option: value, flat or in the guide's sections (flags win).", ALL),
     command_option("watch", bool, False, "Refresh live until Ctrl-C.", ("status",)),
-    command_option("json", bool, False, "Print one JSON object.", ("status",)),
+    command_option("json", bool, False, "Print one JSON object.", ("status", "verify", "probe")),
+    command_option("predict", bool, False, "Score the job's videos with the classifier `probe --labels` saved.", ("probe",)),
+    command_option("out", str, None, "Where to write: probe --predict's CSV, plot's folder, report's HTML.", ("probe", "plot", "report")),
 )
 check_table(OPTIONS)
 _BY_NAME = {o.name: o for o in OPTIONS}
@@ -193,6 +215,7 @@ class Options:
     paths: Paths
     export: ExportSettings
     asked_job: dict[str, Any]  # job settings the user asked for explicitly
+    analysis: AnalysisSettings = AnalysisSettings()
 
 
 def to_text(value: Any) -> str:
@@ -298,7 +321,7 @@ def resolve(cli: dict[str, Any], config: str | None = None) -> Options:
 
     opts = Options(
         job=build(JobSettings), run=build(RunSettings), paths=build(Paths), export=build(ExportSettings),
-        asked_job=asked_job,
+        asked_job=asked_job, analysis=build(AnalysisSettings),
     )
     _validate(opts)
     return opts
@@ -306,7 +329,7 @@ def resolve(cli: dict[str, Any], config: str | None = None) -> Options:
 
 def _validate(o: Options) -> None:
     """Each option's own limits (from the table), then the ones between options."""
-    for section in (o.job, o.run, o.paths, o.export):
+    for section in (o.job, o.run, o.paths, o.export, o.analysis):
         for f in fields(section):
             _BY_NAME[f.name].check(getattr(section, f.name))
     parse_spec(o.run.gpu)  # its syntax now; whether the GPUs are there is the run's to ask

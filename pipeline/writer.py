@@ -76,6 +76,7 @@ class ShardWriter:
         self.save_frames = save_frames
         self.seq = 0
         self.buffer = _Buffer()
+        self.extra: dict[str, object] = {}  # more keys for every sidecar (the model fingerprint)
 
     def __len__(self) -> int:
         return len(self.buffer.ids)
@@ -115,6 +116,7 @@ class ShardWriter:
             "videos": [{"id": i, "path": path, "index": k} for k, (i, path) in enumerate(zip(ids, paths))],
             "dim": int(videos.shape[1]),
             "frames_file": f"{name}.frames.npy" if self.save_frames else None,
+            **self.extra,
         }
         try:
             atomic_write(self.dir / f"{name}.npy", npy_bytes(videos))

@@ -1,0 +1,183 @@
+"""The job's model fingerprint: what its features were made with, so a changed model is caught.
+
+Job settings name the model and weights (`--model`, `--pretrained`), but a name says
+nothing about the bytes behind it: a checkpoint file overwritten between two runs, or
+after the run, gives features that no longer match the job's. The fingerprint pins
+them down:
+
+- architecture: the open_clip model name, and for a model config `.json` the sha256 of
+  its text (the same name can hold another architecture);
+- weights: `sha256:<hex>` of a local checkpoint file (hashed once per process per
+  (path, size, mtime), so several engines and verify do not each reread a 600 MB file
+  more than once), `tag:<tag>` for a hub tag, or `random (seed 0)` for `none`;
+- preprocessing: the crop geometry and mean/std read off the model's own transform,
+  the resize mode, the frame sampling and the number of frames;
+- dim: the feature width.
+
+The first run of a job records it in the job's settings (key `model_fingerprint`, JSON;
+jobs created before this existed get it at their next run), every shard's sidecar
+carries the one it was made with, a later run whose model no longer matches is refused,
+and `verify` compares all three (pipeline/verify.py). The library versions are kept
+beside it for the record but are not compared: upgrading torch is not a new model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from pipeline.errors import PipelineError
+from pipeline.manifest.tables import job_settings
+
+if TYPE_CHECKING:
+    from pipeline.manifest import Manifest
+    from pipeline.models import Model
+    from pipeline.settings import JobSettings
+
+SETTING_KEY = "model_fingerprint"  # in job_settings, beside `dim`
+COMPARED = ("architecture", "architecture_sha256", "weights", "preprocessing", "dim")
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file, computed once per process for each (path, size, mtime)."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
+
+
+def _architecture(job: "JobSettings") -> tuple[str, str | None]:
+    """(name, sha256 of the config JSON or None); no open_clip import, so verify stays light."""
+    if job.model.endswith(".json"):
+        return Path(job.model).stem, file_sha256(job.model)
+    return job.model, None
+
+
+def _weights(job: "JobSettings") -> tuple[str, str | None]:
+    """(weights id, the checkpoint file or None)."""
+    if job.pretrained.lower() == "none":
+        return "random (seed 0)", None
+    if os.path.isfile(job.pretrained):
+        return f"sha256:{file_sha256(job.pretrained)}", job.pretrained
+    return f"tag:{job.pretrained}", None
+
+
+def digest(fp: dict[str, Any]) -> str:
+    """A short id of the compared fields (the library versions left out)."""
+    text = json.dumps({k: fp.get(k) for k in COMPARED}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def model_fingerprint(job: "JobSettings", model: "Model") -> dict[str, Any]:
+    """The fingerprint of a loaded model under a job's settings (as a JSON-able dict)."""
+    import open_clip
+    import torch
+
+    arch, arch_sha = _architecture(job)
+    weights, weights_file = _weights(job)
+    g, pre = model.preprocess.geometry, model.preprocess
+    fp: dict[str, Any] = {
+        "architecture": arch,
+        "architecture_sha256": arch_sha,
+        "weights": weights,
+        "weights_file": weights_file,
+        "preprocessing": {
+            "size": g.size, "crop": list(g.crop), "mode": g.mode, "interpolation": g.interpolation,
+            "mean": [round(float(x), 6) for x in pre.mean], "std": [round(float(x), 6) for x in pre.std],
+            "resize": job.resize, "sampling": job.sampling, "num_frames": job.num_frames,
+        },
+        "dim": int(model.dim),
+        "versions": {"open_clip": open_clip.__version__, "torch": torch.__version__},
+    }
+    fp["digest"] = digest(fp)
+    return fp
+
+
+def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The compared fields that differ between two fingerprints, by name."""
+    out = [k for k in COMPARED if k != "preprocessing" and a.get(k) != b.get(k)]
+    pa, pb = a.get("preprocessing") or {}, b.get("preprocessing") or {}
+    out += [f"preprocessing.{k}" for k in sorted(set(pa) | set(pb)) if pa.get(k) != pb.get(k)]
+    return out
+
+
+def describe(fp: dict[str, Any]) -> str:
+    """One line: architecture, weights, frames, for messages."""
+    pre = fp.get("preprocessing") or {}
+    return f"{fp.get('architecture')}, weights {short(fp.get('weights'))}, {pre.get('num_frames')} frames ({fp.get('digest')})"
+
+
+def short(weights: Any) -> str:
+    text = str(weights)
+    return text[:19] + "..." if text.startswith("sha256:") else text
+
+
+def stored(manifest: "Manifest") -> dict[str, Any] | None:
+    """The job's recorded fingerprint, or None for a job no run of this version has touched."""
+    text = manifest.settings().get(SETTING_KEY)
+    return json.loads(text) if text else None
+
+
+def record(manifest: "Manifest", job: "JobSettings", model: "Model") -> dict[str, Any]:
+    """The run's fingerprint, recorded by the job's first run; a run whose model differs from
+    the recorded one is refused, so one job never mixes features of two models.
+
+    Read and written in one write transaction, so engines starting together agree."""
+    fp = model_fingerprint(job, model)
+
+    def put(conn: Connection) -> dict[str, Any] | None:
+        row = conn.execute(select(job_settings.c.value).where(job_settings.c.key == SETTING_KEY)).scalar()
+        if row is None:
+            conn.execute(job_settings.insert().values(key=SETTING_KEY, value=json.dumps(fp, sort_keys=True)))
+            return None
+        return json.loads(row)
+
+    try:
+        before = manifest.write(put)
+    except IntegrityError:  # PostgreSQL: another engine inserted it meanwhile; read theirs
+        before = manifest.write(put)
+    if before is not None and before.get("digest") != fp["digest"]:
+        what = ", ".join(differences(before, fp))
+        hint = " (the checkpoint file changed?)" if "weights" in what else ""
+        raise PipelineError(
+            f"the model no longer matches this job's features: {what} differ{hint}; "
+            f"use another --output-dir for a different model"
+        )
+    return fp
+
+
+def check_current(fp: dict[str, Any], job: "JobSettings") -> list[str]:
+    """What differs between a recorded fingerprint and the files on disk now (no model load):
+    the checkpoint and the model config are hashed again."""
+    problems = []
+    if fp.get("weights_file"):
+        path = fp["weights_file"]
+        if not os.path.isfile(path):
+            problems.append(f"checkpoint {path} is not there any more: the features cannot be checked against it")
+        else:
+            now = f"sha256:{file_sha256(path)}"
+            if now != fp.get("weights"):
+                problems.append(
+                    f"checkpoint {path} changed since the features were made ({short(fp.get('weights'))} then, {short(now)} now)"
+                )
+    if fp.get("architecture_sha256"):
+        if not os.path.isfile(job.model):
+            problems.append(f"model config {job.model} is not there any more")
+        elif file_sha256(job.model) != fp["architecture_sha256"]:
+            problems.append(f"model config {job.model} changed since the features were made")
+    return problems
