@@ -5,8 +5,9 @@
   zip). DFDC's names are only unique within a part, so a video is matched by its file name
   within its part: the folder it sits in (`/x/dfdc_train_part_3/abc.mp4`) or, for an archive
   member (`.../part_3.zip::dfdc_train_part_3/abc.mp4`), the member's folder (the archive's
-  stem when the member has none). A video whose part has no metadata.json loaded is matched
-  by file name alone when exactly one metadata entry has that name. A fake's group is its
+  stem when the member has none). Only when no video's part has a metadata.json (a
+  flattened copy) are videos matched by file name alone, where exactly one entry has that
+  name. A fake's group is its
   original (`part/original`), a real's its own name, so a split keeps them together.
   `--labels` takes a metadata.json, a zip holding them, or a folder searched for both.
 - A CSV `path,label[,group]` (a header row is optional): path as the job names it, or the
@@ -120,18 +121,11 @@ def _dfdc(spec: Path, feats: Features) -> tuple[dict[int, tuple[str, str]], int]
             key = (part, str(name))
             table[key] = (str(entry["label"]).strip(), f"{part}/{original}")
             by_name[str(name)].append(key)
-    parts = {p for p, _ in table}
-    got: dict[int, tuple[str, str]] = {}
-    used: set[tuple[str, str]] = set()
-    for vid, path in zip(feats.ids, feats.paths):
-        part, name = part_and_name(path)
-        key = (part, name)
-        if key not in table and part not in parts and len(by_name.get(name, ())) == 1:
-            key = by_name[name][0]
-        if key in table:
-            got[vid] = table[key]
-            used.add(key)
-    return got, len(table) - len(used)
+    keys = {vid: part_and_name(path) for vid, path in zip(feats.ids, feats.paths)}
+    if not any(k in table for k in keys.values()):  # no part folder in common: the layout was flattened
+        keys = {vid: by_name[name][0] for vid, (_, name) in keys.items() if len(by_name.get(name, ())) == 1}
+    got = {vid: table[k] for vid, k in keys.items() if k in table}
+    return got, len(table) - len({k for k in keys.values() if k in table})
 
 
 def _csv(spec: Path, feats: Features) -> tuple[dict[int, tuple[str, str]], int]:

@@ -23,6 +23,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.labels import Labelled, load_labels
+from pipeline.probe import few_threads
 from pipeline.reader import load_features
 
 DPI = 100
@@ -83,7 +84,8 @@ def scatter(data: Labelled, method: str, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     keep = _subsample(data, MAX_POINTS)
-    xy = embed(data.features[keep], method)
+    with few_threads(len(keep)):
+        xy = embed(data.features[keep], method)
     y = data.y[keep]
     fig, ax = plt.subplots(figsize=SCATTER_SIZE, dpi=DPI)
     try:
