@@ -104,7 +104,7 @@ def verify(opts: Options, as_json: bool) -> int:
     for w in v.warnings:
         console.print(f"warning: {w}")
     console.print(f"verify: {v.done} done videos in {v.shards} shards, {v.dim}-d: "
-                  + ("all hold" if v.ok else f"{len(v.problems)} problems"))
+                  + ("all hold" if v.ok else f"{len(v.problems)} problem{'s' if len(v.problems) > 1 else ''}"))
     return 0 if v.ok else 1
 
 

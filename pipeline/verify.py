@@ -114,10 +114,10 @@ class _Checker:
         norms = np.linalg.norm(np.where(np.isfinite(got), got, 0.0), axis=-1).reshape(len(inside), -1)
         for r, ok, n in zip(inside, finite, norms):
             if not ok:
-                self.video(r, f"its {what} holds NaN or Inf")
+                self.video(r, f"NaN or Inf in its {what}")
             elif np.abs(n - 1).max() >= NORM_TOLERANCE:
                 worst = float(n.flat[np.abs(n - 1).argmax()])
-                self.video(r, f"its {what} has norm {worst:.6f}, not 1")
+                self.video(r, f"norm {worst:.6f}, not 1, of its {what}")
         return int(data.shape[0])
 
     def sidecar(self, shard: str, rows: list[DoneRow], shard_rows: int, frames: bool) -> None:
