@@ -125,6 +125,12 @@ def test_a_job_from_before_fingerprints_passes_with_a_warning(good_job, tmp_path
     assert proc.returncode == 0 and proc.stdout == ""
     assert "warning: the job's model fingerprint is unknown" in proc.stderr
     assert "warning: 3 of 3 shards were written before fingerprints" in proc.stderr
+    # Its next run records the fingerprint (nothing is pending: the run only loads the model).
+    cli("run", "--output-dir", str(out), "--gpu", "cpu", "--num-workers", "1")
+    report = json.loads(main_in_process("verify", "--output-dir", str(out), "--json").stdout)
+    assert report["ok"] and report["fingerprint"]["weights"].startswith("sha256:")
+    assert report["warnings"] == ["3 of 3 shards were written before fingerprints were recorded: "
+                                  "the model they were made with cannot be checked"]
 
 
 def test_a_job_whose_checkpoint_changed(good_job, main_in_process) -> None:
