@@ -73,7 +73,8 @@ def s3_server(monkeypatch) -> Iterator[S3]:  # noqa: ANN001 - pytest's MonkeyPat
 class RangeHandler(SimpleHTTPRequestHandler):
     """Directory index pages (the listing fsspec reads), HEAD, and GET honouring one
     `Range: bytes=a-b`; every range served is recorded in the server's `requests` list.
-    A file whose name holds `truncated` advertises its size but sends half of it."""
+    A file whose name holds `truncated` advertises its size but sends half of it; one whose
+    name holds `reset` answers HEAD but drops the connection on every GET."""
 
     def log_message(self, *args: object) -> None:
         pass
@@ -82,6 +83,10 @@ class RangeHandler(SimpleHTTPRequestHandler):
         path = self.translate_path(self.path)
         if os.path.isdir(path) or not os.path.isfile(path):
             return super().send_head()
+        if "reset" in path and self.command == "GET":
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return None
         size = os.path.getsize(path)
         start, end = 0, size - 1
         m = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
