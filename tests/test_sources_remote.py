@@ -20,6 +20,7 @@ from pipeline.errors import PipelineError
 from pipeline.manifest import open_manifest
 from pipeline.reader import load_features
 from pipeline.samples import Spec, make_video
+from pipeline.scanner import scan as scan_source
 from pipeline.settings import resolve
 from pipeline.sources import open_video, remote, source_for
 from tests.conftest import Job, cosine_rows, kill_group, model_args, wait_until
@@ -115,6 +116,17 @@ def test_s3_bucket_like_a_local_folder(tmp_path: Path, tiny_model: dict[str, str
         assert job.query("SELECT count(*) FROM videos WHERE status='done'") == len(CLIPS)
         assert failures(out) == {"deny.mp4": "403 forbidden", "gone.mp4": "404 not found (deleted since the scan?)"}
         commands.export(job_options(out, tiny_model))
+
+        # Rewritten in place with the same size: only the ETag says it changed.
+        body = bytearray((local / "a.mp4").read_bytes())
+        body[-1] ^= 0xFF
+        client.put_object(Bucket="vids", Key="pre/a.mp4", Body=bytes(body))
+        manifest = open_manifest(out, None)
+        try:
+            rescan = scan_source(manifest, "s3://vids/pre/", ("mp4", "mkv"))
+        finally:
+            manifest.close()
+        assert (rescan.new, rescan.changed, rescan.vanished) == (0, 1, 1)  # a.mp4 changed, gone.mp4 vanished
     assert_no_secret(out)
 
 
