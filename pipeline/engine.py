@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 CLAIM_SECONDS = 4.0  # claim about this much work at a time...
 MAX_CLAIM = 1024  # ...but never more rows than this
+DOWN_AFTER = 5  # the run's first this many opens failing for one endpoint reason, none succeeding,
+DOWN_WITHIN = 60.0  # within this many seconds of its start: the endpoint is down (docs/design/remote.md)
 
 
 def claim_size(batch_size: int, capacity: int, videos_per_s: float) -> int:
@@ -90,7 +92,7 @@ def run_engine(
     get_decoder(opts.run.decoder).check(device)  # e.g. nvdec without a CUDA GPU: one line, before any worker
     spec = DecodeSpec(
         job.num_frames, loaded.preprocess.geometry, job.resize, job.sampling, opts.run.threads_per_worker(),
-        opts.run.decoder, device.index or 0,
+        opts.run.decoder, device.index or 0, opts.run.cache_dir,
     )
     cpu_threads = max(1, opts.run.core_count() - workers) if device.type == "cpu" else None
     encoder = Encoder(loaded, device, cpu_threads)
@@ -147,6 +149,7 @@ class _Loop:
         self.started = time.monotonic()
         self.progress: RunProgress | None = None
         self.stop: StopRequest | None = None
+        self.unopened: list[Result] = []  # endpoint failures held uncharged while no open has succeeded
 
     # The loop -----------------------------------------------------------------------
 
@@ -173,6 +176,8 @@ class _Loop:
             for res in pool.poll(0.2):
                 self._collect(res)
             idle = not self.todo and pool.in_flight == 0
+            if idle and self.unopened:
+                self._charge_unopened()  # fewer videos than DOWN_AFTER: they are failures after all
             while len(self.ready) >= self.batch_size or (self.ready and idle):
                 batch = self.ready[: self.batch_size]
                 del self.ready[: len(batch)]
@@ -202,6 +207,8 @@ class _Loop:
         claim = self.claimed.get(res.video_id)
         if claim is None:
             return
+        if self._endpoint_down(res):
+            return
         if res.error is None:
             self.decoded += res.decoded
             self.collected += 1
@@ -215,6 +222,27 @@ class _Loop:
             log.info("decode worker ended during the stop; %s goes back uncharged", claim.path)
             return
         self._charge(res.video_id, res.error, res.final)
+
+    def _endpoint_down(self, res: Result) -> bool:
+        """Hold back the run's first failures that blame the endpoint, uncharged; when the first
+        DOWN_AFTER opens all fail alike within DOWN_WITHIN s and none succeeded, stop the run
+        (its claims go back untouched). Any other outcome charges what was held."""
+        early = self.collected == 0 and self.done == 0 and time.monotonic() - self.started < DOWN_WITHIN
+        if res.error and res.endpoint and early and all((r.endpoint, r.error) == (res.endpoint, res.error) for r in self.unopened):
+            self.unopened.append(res)
+            if len(self.unopened) >= DOWN_AFTER:
+                raise PipelineError(
+                    f"{res.endpoint}: every video fails to open ({res.error}); is the endpoint up? nothing was charged"
+                )
+            return True
+        self._charge_unopened()
+        return False
+
+    def _charge_unopened(self) -> None:
+        held, self.unopened = self.unopened, []
+        for r in held:
+            if r.video_id in self.claimed:
+                self._charge(r.video_id, r.error or "", r.final)
 
     def _charge(self, video_id: int, error: str, final: bool) -> None:
         """A failed attempt for a video this run holds: back to pending, or failed at the limit."""

@@ -126,6 +126,10 @@ class RunSettings:
     decode_timeout_per_mb: float = setting(
         1.0, "Extra decode seconds per MB of file (config file only).", minimum=0
     )
+    cache_dir: str | None = setting(
+        None, "Keep whole local copies of remote videos here, reused by later runs.", RUN,
+        default_text="none: ranged reads, nothing copied whole",
+    )
 
     def deadline(self, size_bytes: int) -> float:
         """How long one video may decode before its worker is presumed hung and killed."""

@@ -76,6 +76,7 @@ class DecodeSpec:
     threads: int = 1  # FFmpeg threads per worker
     decoder: str = "cpu"  # a name in pipeline.decoders.DECODERS
     gpu_index: int = 0
+    cache_dir: str | None = None  # --cache-dir: remote videos copied whole here and reused
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -99,6 +100,7 @@ class Result:
     final: bool = False  # no point retrying (a hang): fail now
     decoded: int = 0  # frames the decoder produced for it (the cost)
     crashed: bool = False  # its worker process died while holding it
+    endpoint: str | None = None  # the store that failed it, where the reason is the store's (refused, timeout)
 
 
 def _worker_main(conn: Connection, spec: DecodeSpec, shm_name: str, slots: int) -> None:
@@ -107,6 +109,10 @@ def _worker_main(conn: Connection, spec: DecodeSpec, shm_name: str, slots: int) 
     convert = spec.geometry.converter(spec.resize)
     sampler = get_sampler(spec.sampling)(spec.num_frames)
     decoder = get_decoder(spec.decoder)(spec.threads, spec.gpu_index)
+    if spec.cache_dir:
+        from pipeline.sources.remote import set_cache_dir
+
+        set_cache_dir(spec.cache_dir)
     shm = SharedMemory(name=shm_name)
     out = np.ndarray((slots, *spec.shape), dtype=np.uint8, buffer=shm.buf)
     while True:
@@ -122,7 +128,7 @@ def _worker_main(conn: Connection, spec: DecodeSpec, shm_name: str, slots: int) 
                 out[task.slot, i] = frame
             result = Result(task.video_id, None, sampled.n, None, decoded=sampled.decoded)
         except (DecodeError, PipelineError) as e:  # the file, or its source, says why
-            result = Result(task.video_id, None, 0, str(e))
+            result = Result(task.video_id, None, 0, str(e), endpoint=getattr(e, "endpoint", None))
         except MemoryError:
             result = Result(task.video_id, None, 0, "out of memory while decoding")
         except Exception as e:  # a decoder bug must not take the worker down

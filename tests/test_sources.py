@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,21 @@ def local_folder(tmp: Path) -> str:
 
 
 LOCATIONS: dict[str, Callable[[Path], str]] = {"LocalFolder": local_folder}
+
+
+_servers = ExitStack()  # servers the cases start, stopped when the test session ends
+atexit.register(_servers.close)
+
+
+def remote_http(tmp: Path) -> str:
+    """The same folder served over HTTP (index pages, Range): read through fsspec."""
+    from tests.remote_servers import http_server
+
+    server = _servers.enter_context(http_server(Path(local_folder(tmp)).parent))
+    return f"{server.url}/videos/"
+
+
+LOCATIONS["RemoteStore"] = remote_http
 
 
 def test_every_source_has_a_contract_case() -> None:

@@ -21,6 +21,7 @@ __all__ = ["SOURCES", "Entry", "Source", "open_video", "source_for"]
 
 SOURCES = Registry("source", {
     "local": "pipeline.sources.local:LocalFolder",
+    "remote": "pipeline.sources.remote:RemoteStore",
 })  # tried in this order: the first kind that accepts a location takes it
 
 
