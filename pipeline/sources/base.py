@@ -44,3 +44,8 @@ class Source(ABC):
     @abstractmethod
     def open(cls, name: str) -> str | IO[bytes]:
         """What the decoder opens: a local path, or a seekable file object."""
+
+    @classmethod
+    def stat(cls, name: str) -> Entry:
+        """One named video's size and change stamp (for lists of paths or URLs); raises OSError with the reason."""
+        raise OSError(f"{cls.__name__} cannot stat {name}")
