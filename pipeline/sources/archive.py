@@ -22,6 +22,7 @@ import os
 import struct
 import tarfile
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -144,8 +145,10 @@ def _reason(e: BaseException) -> str:
 class Window(io.RawIOBase):
     """A seekable, read-only view of `length` bytes of `base` from `start`.
 
-    `base` is the archive file (a member read in place) or a decompressed stream; the
-    window owns it and closes it. `bytes_read` counts what the decoder pulled through.
+    `base` is the archive file (a member read in place) or a decompressed stream (zipfile's
+    for a deflated member: start 0); the window owns it and closes it. `bytes_read`
+    counts what the decoder pulled through. A damaged or truncated member is a
+    PipelineError with the reason.
     """
 
     def __init__(self, base: IO[bytes], start: int, length: int, name: str) -> None:
@@ -175,10 +178,16 @@ class Window(io.RawIOBase):
         n = left if size is None or size < 0 else min(size, left)
         if n <= 0:
             return b""
-        self._base.seek(self._start + self._pos)
-        data = self._base.read(n)
+        # Raised through PyAV's read callback to the worker, which reports a PipelineError's words.
+        try:
+            self._base.seek(self._start + self._pos)
+            data = self._base.read(n)
+        except (zlib.error, zipfile.BadZipFile, gzip.BadGzipFile, EOFError) as e:
+            raise PipelineError(f"damaged archive member: {e}") from None
+        except OSError as e:
+            raise PipelineError(f"cannot read archive: {_reason(e)}") from None
         if len(data) < n:
-            raise OSError(f"archive ends inside member {self.name} (truncated?)")
+            raise PipelineError("the archive ends inside the member (truncated?)")
         self._pos += len(data)
         self.bytes_read += len(data)
         return data
@@ -209,9 +218,9 @@ def open_member(archive: str, member: str) -> IO[bytes]:
         raise PipelineError("encrypted archive member")
     try:
         if archive.lower().endswith(ZIP):
-            if not m.stored:  # deflated (or bzip2, lzma): zipfile's seekable stream
-                zf = zipfile.ZipFile(archive)
-                return zf.open(member)  # the stream keeps the archive open until it is closed
+            if not m.stored:  # deflated (or bzip2, lzma): zipfile's seekable stream, which
+                # keeps the archive open until it is closed, and checks the CRC at the end
+                return Window(zipfile.ZipFile(archive).open(member), 0, m.size, member)
             raw = open(archive, "rb", buffering=0)
             raw.seek(m.start)
             header = raw.read(30)
@@ -229,6 +238,35 @@ def open_member(archive: str, member: str) -> IO[bytes]:
         raise PipelineError(f"cannot read archive member: {_reason(e)}") from None
 
 
+def _holds_archive(root: Path) -> bool:
+    """Is there an archive anywhere under `root` (symlinks followed, loops entered once)?
+
+    Stops at the first one. Names only, no stat but of folders, so that a folder without
+    any (which LocalFolder then walks again) costs little: it is every plain folder's scan.
+    """
+    seen: set[tuple[int, int]] = set()
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(folder) as it:
+                for entry in it:
+                    if is_archive(entry.name):
+                        return True
+                    try:
+                        if entry.is_dir(follow_symlinks=True):
+                            stack.append(entry.path)
+                    except OSError:
+                        continue
+        except OSError:
+            continue  # LocalFolder's walk reports it
+    return False
+
+
 class ArchiveSource(Source):
     """An archive, or a folder with archives (and loose videos) anywhere under it."""
 
@@ -243,8 +281,7 @@ class ArchiveSource(Source):
             return is_archive(str(p))
         if not p.is_dir():
             return False
-        # A folder is this kind's when it holds an archive: stop at the first one.
-        return any(is_archive(path) for path, _s, _m in walk_videos(p, _WALK_EXTENSIONS, []))
+        return _holds_archive(p)
 
     def _archive_entries(self, archive: str, extensions: tuple[str, ...], errors: list[str]) -> Iterator[Entry]:
         try:
