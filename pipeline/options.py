@@ -194,7 +194,8 @@ def _parameter(o: Option) -> inspect.Parameter:
     default = o.default if o.section == "command" else None  # None: not given, the config or default decides
     if default is None:
         cli_type = Optional[cli_type]  # type: ignore[assignment]
-    annotation = Annotated[cli_type, typer.Option(*names, help=o.help_text(), show_default=False)]  # type: ignore[valid-type]
+    flag = typer.Option(*names, help=o.help_text(), show_default=False, metavar="TEXT" if o.repeat else None)
+    annotation = Annotated[cli_type, flag]  # type: ignore[valid-type]
     return inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 

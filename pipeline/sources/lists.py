@@ -58,7 +58,8 @@ def read_rows(path: Path) -> Iterator[str]:
                     if value is not None and str(value).strip():
                         yield str(value).strip()
             return
-        with open(path, newline="" if suffix == ".csv" else None, encoding="utf-8") as f:
+        # utf-8-sig: a spreadsheet's CSV often starts with a byte order mark
+        with open(path, newline="" if suffix == ".csv" else None, encoding="utf-8-sig") as f:
             if suffix == ".csv":
                 reader = csv.reader(f)
                 header = next(reader, None)
