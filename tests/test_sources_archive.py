@@ -251,7 +251,8 @@ def test_a_zip_is_done_exactly_once_after_sigkill(tmp_path: Path, tiny_model: di
     args = ["--output-dir", str(out), "--gpu", "cpu", "--batch-size", "2", "--shard-size", "2", "--num-workers", "2"]
     from tests.conftest import start_cli
 
-    cli("scan", "--video-dir", str(archive), "--output-dir", str(out), *model_args(tiny_model))
+    scanned = main_in_process("scan", "--video-dir", str(archive), "--output-dir", str(out), *model_args(tiny_model))
+    assert scanned.returncode == 0, scanned.stderr
     proc = start_cli("run", *args, log=tmp_path / "killed.log")
 
     def done() -> int:
