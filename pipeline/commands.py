@@ -22,22 +22,27 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def scan(opts: Options) -> None:
     from pipeline.models import check_weights
-    from pipeline.scanner import scan as scan_dir
+    from pipeline.scanner import scan_all
+    from pipeline.sources import source_for
+    from pipeline.sources.lists import video_list
 
-    if not opts.paths.video_dir:
-        raise PipelineError("scan needs --video-dir DIR")
+    if not opts.paths.video_dir and not opts.paths.video_list:
+        raise PipelineError("scan needs --video-dir DIR (or --video-list FILE)")
+    # Every location is checked before the job is created or anything is registered.
+    sources = [*map(source_for, opts.paths.video_dir), *map(video_list, opts.paths.video_list)]
     if opts.asked_job or not job_exists(opts.paths.output_dir, opts.paths.db):
         check_weights(opts.job)  # refuse a typo before the job exists, not hours later
     manifest = open_manifest(opts.paths.output_dir, opts.paths.db, create=True)
     start_log(opts.paths.output_dir, "scan")
     job = manifest.create_job(opts.job, opts.asked_job)
-    res = scan_dir(manifest, opts.paths.video_dir, opts.paths.extensions)
+    results = scan_all(manifest, sources, opts.paths.extensions, opts.paths.output_dir)
     counts = manifest.counts()
-    console.print(
-        f"scanned {opts.paths.video_dir}: {res.found} videos found, {res.new} new, {res.changed} changed, "
-        f"{res.vanished} vanished, {res.restored} back"
-        + (f", {res.unreadable} unreadable entries (see log)" if res.unreadable else "")
-    )
+    for source, res in zip(sources, results):
+        console.print(
+            f"scanned {source.location}: {res.found} videos found, {res.new} new, {res.changed} changed, "
+            f"{res.vanished} vanished, {res.restored} back"
+            + (f", {res.unreadable} unreadable entries (see log)" if res.unreadable else "")
+        )
     console.print(f"job {opts.paths.output_dir}: {counts['total']} videos, {counts['pending']} pending; "
                   f"model {job.model}, pretrained {job.pretrained}, {job.num_frames} frames")
 

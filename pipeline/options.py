@@ -49,6 +49,7 @@ class Option:
     minimum: float | None = None
     positive: bool = False
     default_text: str | None = None  # how --help shows a default that is computed (e.g. "one per core")
+    repeat: bool = False  # a flag given once per value (--video-dir A --video-dir B): a tuple of strings
 
     @property
     def in_config(self) -> bool:
@@ -103,12 +104,13 @@ def setting(
     minimum: float | None = None,
     positive: bool = False,
     default_text: str | None = None,
+    repeat: bool = False,
 ) -> Any:
     """A settings field that is also a row of the option table (see `options_of`)."""
     unknown = set(commands) - set(COMMANDS)
     assert not unknown, f"no such command: {unknown}"
     meta = dict(help=help, commands=frozenset(commands), aliases=tuple(aliases), choices=choices if callable(choices) else tuple(choices),
-                minimum=minimum, positive=positive, default_text=default_text)
+                minimum=minimum, positive=positive, default_text=default_text, repeat=repeat)
     return field(default=default, metadata={_META: meta})
 
 
@@ -144,6 +146,11 @@ def check_table(table: Sequence[Option]) -> None:
 def coerce(option: Option, value: Any) -> Any:
     """Turn a config or command-line value into the option's type, or say in one line why not."""
     kind, key = option.kind, option.name
+    if option.repeat:  # one value or a list of them (a config file may give either); never split
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(i, (str, int, float)) for i in items):
+            raise PipelineError(f"option '{key}' must be a string or a list of strings, got {value!r}")
+        return tuple(str(i) for i in items)
     try:
         if kind is bool:
             if isinstance(value, bool):
@@ -183,10 +190,13 @@ def _parameter(o: Option) -> inspect.Parameter:
         # --save-frames/--no-save-frames: None when neither is given, so a config file can decide.
         names = [f"{names[0]}/--no-{names[0][2:]}", *names[1:]]
     cli_type = str if o.kind is tuple else o.kind  # a list arrives as "a,b" and is split by coerce
+    if o.repeat:
+        cli_type = list[str]  # type: ignore[assignment]  # the flag once per value
     default = o.default if o.section == "command" else None  # None: not given, the config or default decides
     if default is None:
         cli_type = Optional[cli_type]  # type: ignore[assignment]
-    annotation = Annotated[cli_type, typer.Option(*names, help=o.help_text(), show_default=False)]  # type: ignore[valid-type]
+    flag = typer.Option(*names, help=o.help_text(), show_default=False, metavar="TEXT" if o.repeat else None)
+    annotation = Annotated[cli_type, flag]  # type: ignore[valid-type]
     return inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 

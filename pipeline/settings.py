@@ -160,7 +160,14 @@ class RunSettings:
 class Paths:
     """Where the job lives. Not part of the job's identity."""
 
-    video_dir: str | None = setting(None, "Folder searched recursively for videos.", SCAN)
+    video_dir: tuple[str, ...] = setting(
+        (), "Folder searched recursively for videos, a .zip/.tar archive, or a folder of them (repeatable).", SCAN,
+        repeat=True,
+    )
+    video_list: tuple[str, ...] = setting(
+        (), "Text, CSV or parquet file of video paths or URLs (column path or url, else the first; repeatable).",
+        SCAN, repeat=True,
+    )
     output_dir: str = setting("features", "The job's directory.", ALL)
     db: str | None = setting(None, "Manifest database URL.", ALL, default_text="OUTPUT_DIR/manifest.sqlite")
     extensions: tuple[str, ...] = setting(tuple(DEFAULT_EXTENSIONS), "Comma-separated file extensions to register.", SCAN)

@@ -107,7 +107,7 @@ def test_guide_layout_reads_as_the_flat_one(tmp_path: Path) -> None:
     assert (guide.job, guide.run, guide.paths, guide.export) == (flat.job, flat.run, flat.paths, flat.export)
     assert guide.job.model == "ViT-B-32"  # OpenAI's ViT-B/32, recorded by open_clip's name
     assert (guide.run.gpu, guide.run.batch_size, guide.run.num_workers) == ("0", 64, 4)
-    assert (guide.paths.video_dir, guide.paths.output_dir, guide.export.format) == ("./data/videos", "./features", "npy")
+    assert (guide.paths.video_dir, guide.paths.output_dir, guide.export.format) == (("./data/videos",), "./features", "npy")
     wins = resolve({"gpu": "cpu", "num_frames": 4, "format": "pkl"}, str(ROOT / "configs" / "clip_baseline.yaml"))
     assert (wins.run.gpu, wins.job.num_frames, wins.export.format, wins.run.batch_size) == ("cpu", 4, "pkl", 64)
 

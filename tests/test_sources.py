@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import zipfile
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -23,7 +24,26 @@ def local_folder(tmp: Path) -> str:
     return str(tmp / "videos")
 
 
-LOCATIONS: dict[str, Callable[[Path], str]] = {"LocalFolder": local_folder}
+def archive(tmp: Path) -> str:
+    """The same videos as members of a stored zip, beside a member that is no video."""
+    folder = Path(local_folder(tmp))
+    with zipfile.ZipFile(tmp / "videos.zip", "w", zipfile.ZIP_STORED) as zf:
+        for name in [*NAMES, "notes.txt"]:
+            zf.write(folder / name, name)
+    return str(tmp / "videos.zip")
+
+
+def video_list(tmp: Path) -> str:
+    """A text list of the same videos: one row relative to the list's folder, a comment, a blank line."""
+    folder = Path(local_folder(tmp))
+    rows = ["# the three videos", "videos/" + NAMES[0], "", *(str(folder / n) for n in NAMES[1:])]
+    (tmp / "list.txt").write_text("\n".join(rows) + "\n")
+    return str(tmp / "list.txt")
+
+
+LOCATIONS: dict[str, Callable[[Path], str]] = {
+    "LocalFolder": local_folder, "ArchiveSource": archive, "VideoList": video_list,
+}
 
 
 _servers = ExitStack()  # servers the cases start, stopped when the test session ends

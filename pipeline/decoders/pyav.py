@@ -33,6 +33,8 @@ def _video_stream(container: av.container.InputContainer) -> av.video.stream.Vid
 
 
 def _open(path: str, hwaccel: Any = None) -> av.container.InputContainer:
+    if hasattr(path, "seek"):  # a source's file object: FFmpeg reads from where it is, and a
+        path.seek(0)  # video may be opened twice (the full pass after the index pass)
     try:
         return av.open(path, mode="r", metadata_errors="ignore", hwaccel=hwaccel)
     except FileNotFoundError:

@@ -16,10 +16,12 @@ from pipeline.errors import PipelineError
 from pipeline.registry import Registry
 from pipeline.sources.base import Entry, Source
 
-__all__ = ["SOURCES", "Entry", "Source", "open_video", "source_for"]
+__all__ = ["SOURCES", "Entry", "Source", "open_video", "source_for", "stat_video"]
 
 
 SOURCES = Registry("source", {
+    "archive": "pipeline.sources.archive:ArchiveSource",  # before local: it takes folders that hold archives
+    "list": "pipeline.sources.lists:VideoList",
     "local": "pipeline.sources.local:LocalFolder",
     "remote": "pipeline.sources.remote:RemoteStore",
 })  # tried in this order: the first kind that accepts a location takes it
@@ -38,3 +40,12 @@ def open_video(name: str) -> str | IO[bytes]:
         if kind.owns(name):
             return kind.open(name)
     raise PipelineError(f"no source can open {name!r}")
+
+
+def stat_video(name: str) -> Entry:
+    """A registered video's size and change stamp by its name (a row of a video list), from
+    the kind that owns the name; OSError with the reason when it cannot be had."""
+    for kind in SOURCES.classes().values():
+        if kind.owns(name):
+            return kind.stat(name)
+    raise OSError("no source can read this name")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from stat import S_ISREG
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,3 +74,10 @@ class LocalFolder(Source):
     @classmethod
     def open(cls, name: str) -> str:
         return name  # PyAV opens the path itself: its errors name the file
+
+    @classmethod
+    def stat(cls, name: str) -> Entry:
+        st = os.stat(name)  # follows symlinks, as the folder walk does
+        if not S_ISREG(st.st_mode):
+            raise OSError("not a file")
+        return Entry(name, st.st_size, st.st_mtime_ns)
