@@ -185,7 +185,7 @@ def announce(devices: list[Device], spec: str) -> str:
 
     named = ", ".join(describe(d) for d in devices)
     if all(d.kind == "cpu" for d in devices):
-        named += f" (asked for: --gpu {spec})" if parse_spec(spec) != ("auto",) else " (no CUDA GPU)"
+        named += f" (asked for: --gpu {spec})" if parse_spec(spec) != ("auto",) else " (no GPU found)"
     line = f"run on {named}"
     log.info(line)
     print(line, file=sys.stderr, flush=True)

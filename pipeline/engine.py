@@ -76,8 +76,6 @@ def run_engine(
     device = on.torch()
     log_path = start_log(out, "run", log_path)
     warn_on_fallback(opts.run.gpu, on)
-    if not engine:  # one of several: the executor names them all at once
-        announce([on], opts.run.gpu)
     metrics = Metrics.start(opts.run.metrics_port, str(on))  # before the model: a taken port fails fast
     if opts.run.retry_failed:
         log.info("retry-failed: %d failed rows back to pending", manifest.reset_failed())
@@ -90,6 +88,8 @@ def run_engine(
 
     workers = opts.run.workers()
     get_decoder(opts.run.decoder).check(device)  # e.g. nvdec without a CUDA GPU: one line, before any worker
+    if not engine:  # after the checks, so an error stays one line; one of several: the executor names them all
+        announce([on], opts.run.gpu)
     spec = DecodeSpec(
         job.num_frames, loaded.preprocess.geometry, job.resize, job.sampling, opts.run.threads_per_worker(),
         opts.run.decoder, device.index or 0,

@@ -159,12 +159,12 @@ def test_no_nvidia_smi_is_the_plain_line(tmp_path: Path, monkeypatch: pytest.Mon
     with caplog.at_level(logging.INFO, logger="pipeline"):
         warn_on_fallback("auto", Device("cpu"))
         warn_on_fallback("cpu", Device("cpu"))  # asked for: nothing to warn about
-        assert announce([Device("cpu")], "auto") == "run on cpu (no CUDA GPU)"
+        assert announce([Device("cpu")], "auto") == "run on cpu (no GPU found)"
         assert announce([Device("cpu"), Device("cpu")], "cpu,cpu") == "run on cpu, cpu (asked for: --gpu cpu,cpu)"
     messages = [r.getMessage() for r in caplog.records]
     assert messages[0] == "no CUDA GPU found: running on the CPU, which is much slower"
-    assert "run on cpu (no CUDA GPU)" in messages and len([m for m in messages if "no CUDA GPU found" in m]) == 1
-    assert "run on cpu (no CUDA GPU)\n" in capsys.readouterr().err  # on the terminal, not only as a warning
+    assert "run on cpu (no GPU found)" in messages and len([m for m in messages if "no CUDA GPU found" in m]) == 1
+    assert "run on cpu (no GPU found)\n" in capsys.readouterr().err  # on the terminal, not only as a warning
 
 
 @pytest.mark.gpu
@@ -190,10 +190,10 @@ def test_a_run_says_its_device_and_why_in_its_log(tmp_path: Path, tiny_model: di
     proc = cli("run", "--output-dir", str(out), "--gpu", "auto", "--num-workers", "1", env=env)
     warning = [line for line in proc.stderr.splitlines() if "no CUDA GPU found" in line]
     assert len(warning) == 1 and "NVIDIA H200" in warning[0], proc.stderr
-    assert "run on cpu (no CUDA GPU)" in proc.stderr.splitlines()
+    assert "run on cpu (no GPU found)" in proc.stderr.splitlines()
     (log,) = (out / "logs").glob("run-*.log")
     text = log.read_text()
-    assert "run on cpu (no CUDA GPU)" in text
+    assert "run on cpu (no GPU found)" in text
     assert "WARNING pipeline.devices: no CUDA GPU found by torch" in text and "NVIDIA H200" in text
     assert json.loads(cli("status", "--output-dir", str(out), "--json").stdout)["decoded_on"] == {"cpu": 2}
 

@@ -84,7 +84,7 @@ def _stop_lingering(job: Job, port: int, proc: subprocess.Popen) -> int:
     """Once the run is over and only the endpoint lingers, a stop request ends
     --metrics-linger early, and the finished run still exits 0."""
     logs = lambda: "".join(p.read_text() for p in (job.out / "logs").glob("run-*.log"))  # noqa: E731
-    assert wait_until(lambda: "--metrics-linger" in logs(), timeout=60)
+    assert wait_until(lambda: "more for a last scrape" in logs(), timeout=90)
     assert scrape(port) is not None  # still serving after the run
     proc.send_signal(signal.SIGTERM)
     try:
@@ -94,6 +94,7 @@ def _stop_lingering(job: Job, port: int, proc: subprocess.Popen) -> int:
             kill_group(proc)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_metrics_endpoint_counts_equal_the_manifest(new_job, tmp_path: Path) -> None:
     job = _job_with_a_broken_file(new_job, tmp_path, 4)
@@ -204,3 +205,26 @@ def test_serve_and_close_in_process() -> None:
         m.close(linger=0)
     assert time.monotonic() - started < 5
     assert scrape(port) is None
+
+
+def test_the_dashboard_queries_only_series_the_run_exports() -> None:
+    """docs/grafana-dashboard.json: every clipfeat_ series a panel asks for is one Metrics serves."""
+    import json
+    import re
+
+    from pipeline.metrics import Metrics
+
+    port = free_port()
+    m = Metrics.start(port, "cpu")
+    try:
+        m.decode_seconds(0.1)
+        m.encode_seconds(0.1)
+        names = {name for name, _labels in scrape(port) or {}}
+    finally:
+        m.close()
+    dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    asked = {n for e in exprs for n in re.findall(r"clipfeat_\w+", e)}
+    assert asked and asked <= names, asked - names
+    assert {"clipfeat_videos_done_total", "clipfeat_queue_depth", "clipfeat_claims_held",
+            "clipfeat_decode_seconds_bucket", "clipfeat_encode_seconds_bucket"} <= asked
