@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS videos (
     shard       TEXT,                      -- shard file stem holding the feature
     shard_index INTEGER,                   -- row of that shard
     num_frames  INTEGER,                   -- frames counted in the stream
-    updated_at  DOUBLE PRECISION
+    updated_at  DOUBLE PRECISION,
+    decoded_on  TEXT                       -- gpu | cpu: where its frames were decoded (NULL: not recorded)
 );
 CREATE INDEX IF NOT EXISTS videos_status_id ON videos (status, id);
 CREATE INDEX IF NOT EXISTS videos_owner ON videos (owner);

@@ -98,6 +98,95 @@ def resolve_devices(spec: str) -> list[Device]:
 
 
 def warn_on_fallback(spec: str, device: Device) -> None:
-    """`--gpu auto` that found no GPU: one warning, in the run's log and on the terminal."""
+    """`--gpu auto` that found no GPU: one warning, in the run's log and on the terminal.
+
+    Where nvidia-smi sees a GPU that torch cannot use, the line says why (issue 11: a
+    driver older than the CUDA build of torch falls back silently otherwise)."""
     if device.kind == "cpu" and parse_spec(spec) == ("auto",):
-        log.warning("no CUDA GPU found: running on the CPU, which is much slower")
+        why = unusable_gpu_reason()
+        if why:
+            log.warning("no CUDA GPU found by torch: running on the CPU, which is much slower; %s", why)
+        else:
+            log.warning("no CUDA GPU found: running on the CPU, which is much slower")
+
+
+def nvidia_smi_gpus(timeout: float = 10.0) -> tuple[list[str], str | None, str | None]:
+    """What the NVIDIA driver sees, from `nvidia-smi` on PATH: (GPU names, driver version,
+    the newest CUDA version the driver supports). ([], None, None) without it."""
+    import re
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return [], None, None
+    try:
+        query = subprocess.run(
+            [exe, "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=timeout,
+        )
+        banner = subprocess.run([exe], capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError):
+        return [], None, None
+    rows = [[p.strip() for p in line.split(",")] for line in query.stdout.splitlines() if line.strip()]
+    names = [r[0] for r in rows if query.returncode == 0 and r[0]]
+    driver = rows[0][1] if names and len(rows[0]) > 1 else None
+    cuda = re.search(r"CUDA Version:\s*([0-9.]+)", banner.stdout)
+    return names, driver, cuda.group(1) if cuda else None
+
+
+def unusable_gpu_reason() -> str | None:
+    """Why torch sees no GPU while nvidia-smi sees one (None when nvidia-smi sees none):
+    a CPU-only torch build, or torch's CUDA initialisation error beside the driver's
+    CUDA version and the one torch was built for."""
+    import torch
+
+    names, driver, driver_cuda = nvidia_smi_gpus()
+    if not names:
+        return None
+    seen = f"nvidia-smi sees {len(names)} GPU(s) ({names[0]}, driver {driver or '?'}, CUDA {driver_cuda or '?'})"
+    built = torch.version.cuda
+    if built is None:
+        return f"{seen}, but this torch {torch.__version__} is a CPU-only build: install a CUDA build of torch"
+    error = None
+    try:
+        torch.cuda.init()
+    except Exception as e:  # noqa: BLE001 - its message is the reason we want
+        error = " ".join(str(e).split())[:300]
+    reason = f"{seen}, but torch {torch.__version__} was built for CUDA {built}"
+    if error:
+        reason += f" and torch.cuda says: {error}"
+    if driver_cuda and _older(driver_cuda, built):
+        reason += f"; the driver supports CUDA {driver_cuda} at most: update the NVIDIA driver or use a torch built for it"
+    return reason
+
+
+def _older(a: str, b: str) -> bool:
+    """Version `a` is older than `b` (dotted numbers)."""
+    def parts(v: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in v.split(".") if p.isdigit())
+    return parts(a) < parts(b)
+
+
+def describe(device: Device) -> str:
+    """`cuda:0 (NVIDIA H200, 139 GiB)` or `cpu`: the device and what it is."""
+    if device.kind != "cuda":
+        return str(device)
+    import torch
+
+    props = torch.cuda.get_device_properties(device.index or 0)
+    return f"{device} ({props.name}, {props.total_memory / 2**30:.0f} GiB)"
+
+
+def announce(devices: list[Device], spec: str) -> str:
+    """Say at start-up which devices the run uses: on the terminal (always, not only as a
+    warning) and in the run's log. Returns the line."""
+    import sys
+
+    named = ", ".join(describe(d) for d in devices)
+    if all(d.kind == "cpu" for d in devices):
+        named += f" (asked for: --gpu {spec})" if parse_spec(spec) != ("auto",) else " (no GPU found)"
+    line = f"run on {named}"
+    log.info(line)
+    print(line, file=sys.stderr, flush=True)
+    return line

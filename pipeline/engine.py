@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.decoders import get_decoder
-from pipeline.devices import Device, warn_on_fallback
+from pipeline.decoders import get_decoder, gpu_share_line
+from pipeline.devices import Device, announce, warn_on_fallback
 from pipeline.errors import PipelineError
 from pipeline.fingerprint import record as record_fingerprint
 from pipeline.logs import start_log
 from pipeline.manifest import Claim, Manifest, open_manifest
+from pipeline.metrics import Metrics, NullMetrics
 from pipeline.progress import RunProgress
 from pipeline.settings import Options
 from pipeline.signals import StopRequest
@@ -78,6 +79,7 @@ def run_engine(
     device = on.torch()
     log_path = start_log(out, "run", log_path)
     warn_on_fallback(opts.run.gpu, on)
+    metrics = Metrics.start(opts.run.metrics_port, str(on))  # before the model: a taken port fails fast
     if opts.run.retry_failed:
         log.info("retry-failed: %d failed rows back to pending", manifest.reset_failed())
     loaded = load_model(job, device)
@@ -90,6 +92,8 @@ def run_engine(
 
     workers = opts.run.workers()
     get_decoder(opts.run.decoder).check(device)  # e.g. nvdec without a CUDA GPU: one line, before any worker
+    if not engine:  # after the checks, so an error stays one line; one of several: the executor names them all
+        announce([on], opts.run.gpu)
     spec = DecodeSpec(
         job.num_frames, loaded.preprocess.geometry, job.resize, job.sampling, opts.run.threads_per_worker(),
         opts.run.decoder, device.index or 0, opts.run.cache_dir,
@@ -105,6 +109,7 @@ def run_engine(
 
     loop = _Loop(opts, manifest, run_id, encoder, job.num_frames, job.save_frames, out)
     loop.writer.extra["fingerprint"] = fingerprint  # each shard says what made it (pipeline/fingerprint.py)
+    loop.metrics = metrics
     pool = DecodePool(workers, spec)
     state, message = "crashed", None
     try:
@@ -125,6 +130,9 @@ def run_engine(
         manifest.end_run(run_id, state, message)
         log.info("run %s %s: %d done, %d failed, %d claims given back (%d were decoding)",
                  run_id, state, loop.done, loop.failed, back, decoding)
+        if share := gpu_share_line(opts.run.decoder, loop.on_gpu, loop.done):
+            log.log(*share)
+        metrics.close(opts.run.metrics_linger, stop)
     others = manifest.counts()["running"]
     return RunSummary(run_id, loop.done, loop.failed, loop.retried, time.monotonic() - loop.started, state, log_path, others)
 
@@ -150,6 +158,10 @@ class _Loop:
         self.progress: RunProgress | None = None
         self.stop: StopRequest | None = None
         self.unopened: list[Result] = []  # endpoint failures held uncharged while no open has succeeded
+        self.metrics: NullMetrics = NullMetrics()  # run_engine's, when --metrics-port is on
+        self.decoded_on: dict[int, str] = {}  # decoded, not yet committed: 'gpu' or 'cpu'
+        self.on_gpu = 0  # committed videos whose frames the GPU decoded
+        self.launched_at = 0.0  # when the batch in flight was launched
 
     # The loop -----------------------------------------------------------------------
 
@@ -192,6 +204,7 @@ class _Loop:
                 self.manifest.heartbeat(self.run_id, self.settings.lease_seconds)
                 self.manifest.reap(self.settings.lease_seconds, self.settings.max_claims)
                 last_beat = time.monotonic()
+            self._gauges(pool)
         if stop.requested:
             self._commit()  # what is encoded is kept; the rest is given back by run_engine
             log.warning("stopped: %d videos committed this run", self.done)
@@ -212,6 +225,8 @@ class _Loop:
         if res.error is None:
             self.decoded += res.decoded
             self.collected += 1
+            self.metrics.decode_seconds(res.seconds)
+            self.decoded_on[res.video_id] = res.decoded_on or "cpu"
             res.crops = np.array(res.crops)  # out of the worker's shared slot before it is reused
             self.ready.append(res)
             return
@@ -248,11 +263,14 @@ class _Loop:
         """A failed attempt for a video this run holds: back to pending, or failed at the limit."""
         claim = self.claimed.pop(video_id)
         status = self.manifest.fail_attempt(self.run_id, video_id, error, self.settings.max_attempts, final)
+        self.decoded_on.pop(video_id, None)
         if status == "failed":
             self.failed += 1
+            self.metrics.failed(1)
             log.warning("failed: %s: %s", claim.path, error)
         else:
             self.retried += 1
+            self.metrics.retried(1)
             log.info("attempt %d failed, will retry: %s: %s", claim.attempts + 1, claim.path, error)
         if self.progress:
             self.progress.update(self.done, self.failed)
@@ -265,6 +283,7 @@ class _Loop:
             r.crops = None  # staged: free the host copy
         self._finish()
         self.in_flight = (batch, launched)
+        self.launched_at = time.monotonic()
 
     def _finish(self) -> None:
         if self.in_flight is None:
@@ -272,6 +291,7 @@ class _Loop:
         batch, launched = self.in_flight
         self.in_flight = None
         enc = launched.result()
+        self.metrics.encode_seconds(time.monotonic() - self.launched_at)
         if self.encoder.max_videos and self.encoder.max_videos < self.batch_size:
             self.batch_size = self.encoder.max_videos  # memory ran out during that batch
         finite = np.isfinite(enc.videos).all(axis=1) & np.isfinite(enc.frames).all(axis=(1, 2))
@@ -291,14 +311,25 @@ class _Loop:
         """Commit everything encoded, in shards of at most --shard-size rows."""
         self._finish()
         while (record := self.writer.flush(self.settings.shard_size)) is not None:
-            done = self.manifest.complete(self.run_id, record.name, record.rows, len(record.rows) * self.num_frames)
+            on = {vid: self.decoded_on.pop(vid) for vid, _idx, _n in record.rows if vid in self.decoded_on}
+            done = self.manifest.complete(self.run_id, record.name, record.rows, len(record.rows) * self.num_frames, on)
             if done < len(record.rows):
                 log.warning("%d rows of shard %s had been claimed by another run", len(record.rows) - done, record.name)
             for vid, _idx, _n in record.rows:
                 self.claimed.pop(vid, None)
             self.done += done
+            self.on_gpu += min(done, sum(1 for v in on.values() if v == "gpu"))
+            self.metrics.done(done)
+            self.metrics.frames(done * self.num_frames)
             if self.progress:
                 self.progress.update(self.done, self.failed)
+
+    def _gauges(self, pool: DecodePool) -> None:
+        """Queue depths and claims held, for --metrics-port (each a no-op without it)."""
+        self.metrics.queue("claimed", len(self.todo))
+        self.metrics.queue("decode", pool.in_flight)
+        self.metrics.queue("batch", len(self.ready))
+        self.metrics.claims(len(self.claimed))
 
     def _log_rate(self) -> None:
         elapsed = max(time.monotonic() - self.started, 1e-9)

@@ -130,6 +130,13 @@ class RunSettings:
         None, "Keep whole local copies of remote videos here, reused by later runs.", RUN,
         default_text="none: ranged reads, nothing copied whole",
     )
+    # Prometheus metrics (pipeline/metrics.py, docs/design/metrics.md).
+    metrics_port: int = setting(
+        0, "Serve Prometheus metrics on this port while the run lives (0: off).", RUN, minimum=0, default_text="off"
+    )
+    metrics_linger: float = setting(
+        0.0, "Seconds the metrics endpoint stays up after the run ends, for a last scrape.", RUN, minimum=0
+    )
 
     def deadline(self, size_bytes: int) -> float:
         """How long one video may decode before its worker is presumed hung and killed."""

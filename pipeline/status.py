@@ -46,7 +46,20 @@ def report(manifest: Manifest, max_failures: int | None = None) -> dict[str, Any
             for r in runs[-10:]
         ],
         "failures": [{"path": p, "error": e} for p, e in manifest.failures(max_failures)],
+        "decoded_on": manifest.decoded_on(),  # done videos by decoder: gpu, cpu, unknown (before it was recorded)
     }
+
+
+def decoded_on_text(on: dict[str, int]) -> str | None:
+    """`812 of 1000 done videos on the GPU (81%)`; None before any video is done."""
+    total = sum(on.values())
+    if not total:
+        return None
+    gpu = on.get("gpu", 0)
+    text = f"{gpu} of {total} done videos on the GPU ({100 * gpu / total:.0f}%)"
+    if on.get("unknown"):
+        text += f"; {on['unknown']} done before this was recorded"
+    return text
 
 
 def to_json(rep: dict[str, Any]) -> str:
@@ -63,6 +76,8 @@ def render(rep: dict[str, Any], max_failures: int = 20) -> Group:
     which = f"{rep['current_runs']} run(s) now" if rep["current_runs"] else "last run"
     speed.add_row("throughput", f"{rep['videos_per_s']:.2f} videos/s, {rep['frames_per_s']:.0f} frames/s ({which})")
     speed.add_row("ETA", format_eta(rep["eta_s"]) if rep["pending"] + rep["running"] else "done")
+    if decoded := decoded_on_text(rep.get("decoded_on", {})):
+        speed.add_row("decoded", decoded)
     for key, value in sorted(rep["settings"].items()):
         speed.add_row(key, value)
 

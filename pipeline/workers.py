@@ -101,6 +101,8 @@ class Result:
     decoded: int = 0  # frames the decoder produced for it (the cost)
     crashed: bool = False  # its worker process died while holding it
     endpoint: str | None = None  # the store that failed it, where the reason is the store's (refused, timeout)
+    seconds: float = 0.0  # the decode's wall time in the worker (metrics)
+    decoded_on: str | None = None  # 'gpu' or 'cpu': where its frames really came from (Sampled.decoded_on)
 
 
 def _worker_main(conn: Connection, spec: DecodeSpec, shm_name: str, slots: int) -> None:
@@ -122,11 +124,13 @@ def _worker_main(conn: Connection, spec: DecodeSpec, shm_name: str, slots: int) 
             break
         if task is None:
             break
+        began = time.monotonic()
         try:
             sampled = decoder.sample(open_video(task.path), sampler, convert)
             for i, frame in enumerate(sampled.frames):
                 out[task.slot, i] = frame
-            result = Result(task.video_id, None, sampled.n, None, decoded=sampled.decoded)
+            result = Result(task.video_id, None, sampled.n, None, decoded=sampled.decoded,
+                            seconds=time.monotonic() - began, decoded_on=sampled.decoded_on)
         except (DecodeError, PipelineError) as e:  # the file, or its source, says why
             result = Result(task.video_id, None, 0, str(e), endpoint=getattr(e, "endpoint", None))
         except MemoryError:

@@ -46,6 +46,41 @@ class Sampled:
     n: int  # frames in the stream
     indices: list[int]
     decoded: int = 0  # frames the decoder produced to get them (the cost)
+    pixel_format: str | None = None  # the frames' format as decoded, before conversion (nvdec sets it; None: CPU)
+
+    @property
+    def decoded_on(self) -> str:
+        """'gpu' or 'cpu': which decoder really made the frames (see decoded_on())."""
+        return decoded_on(self.pixel_format)
+
+
+# Pixel formats only a hardware decoder hands back: NVDEC's surfaces downloaded by PyAV
+# (nv12 for 8-bit, p010le/p016le for 10/12-bit) or left on the device (cuda). FFmpeg's
+# software H.264/HEVC/VP9/AV1 decoders give planar yuv* instead, so the format tells a
+# GPU decode from hwaccel's silent software fallback (allow_software_fallback) without
+# asking the decoder.
+GPU_PIXEL_FORMATS = frozenset({"cuda", "nv12", "p010le", "p016le"})
+
+
+def decoded_on(pixel_format: str | None) -> str:
+    """'gpu' when frames of this pixel format came from the hardware decoder, else 'cpu'."""
+    return "gpu" if pixel_format in GPU_PIXEL_FORMATS else "cpu"
+
+
+def gpu_share_line(decoder: str, on_gpu: int, videos: int) -> tuple[int, str] | None:
+    """The run's one line on where nvdec decoded: (logging level, message), or None for
+    a CPU decoder or a run that decoded nothing. A run asked for the GPU that got none
+    of it is a warning: everything still worked, but at CPU speed and on the CPU's cores."""
+    import logging
+
+    if decoder == "cpu" or videos == 0:
+        return None
+    if on_gpu == 0:
+        return logging.WARNING, (
+            f"--decoder {decoder}: none of the {videos} videos decoded on the GPU (all fell back to the CPU; "
+            f"is the driver's video capability, libnvcuvid, in this container?)"
+        )
+    return logging.INFO, f"{decoder}: {on_gpu} of {videos} videos decoded on the GPU"
 
 
 def quarter_turns(rotation: float | int | None) -> int:

@@ -8,6 +8,7 @@ decoder cannot handle (or any error on it) is decoded again on the CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -61,11 +62,21 @@ class NvdecDecoder(PyAVDecoder):
 
     def sample(self, path: str, sampler: Sampler, convert: Convert = to_rgb) -> Sampled:
         """On the GPU when it opened; any failure there is retried on the CPU, which decides
-        whether the file is bad."""
+        whether the file is bad. The result carries the frames' pixel format as decoded, so
+        a silent software fallback inside hwaccel (allow_software_fallback) is seen too."""
+        formats: list[str] = []
+
+        def noted(frame: "av.VideoFrame") -> Any:
+            if not formats:
+                formats.append(frame.format.name)
+            return convert(frame)
+
         if self.hwaccel is not None:
             try:
-                return super().sample(path, sampler, convert)
+                return dataclasses.replace(super().sample(path, sampler, noted), pixel_format=formats[0] if formats else None)
             except Exception as e:  # noqa: BLE001 - the CPU decides whether the file is bad
                 log.info("nvdec could not decode %s (%s): decoding it on the CPU", path, e)
                 self.fallbacks += 1
-        return decode(path, sampler, convert, self.threads, self.plan)
+                formats.clear()
+        sampled = decode(path, sampler, noted, self.threads, self.plan)
+        return dataclasses.replace(sampled, pixel_format=formats[0] if formats else None)

@@ -18,9 +18,10 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from types import FrameType
 
-from pipeline.devices import Device
+from pipeline.devices import Device, announce
 from pipeline.errors import PipelineError
 from pipeline.manifest import open_manifest
+from pipeline.metrics import serve_engines
 from pipeline.progress import RunProgress
 from pipeline.settings import Options
 from pipeline.signals import STOP_SIGNALS, StopRequest, die_with_parent, listened, stop_signals_blocked
@@ -55,6 +56,9 @@ def run_many(opts: Options, devs: list[Device]) -> tuple[int, int, str, Path]:
     manifest = open_manifest(out, opts.paths.db)
     manifest.check_job(opts.asked_job)
     log_path = start_log(out, "run")
+    announce(devs, opts.run.gpu)
+    metrics = serve_engines(opts.run.metrics_port, opts.run.metrics_linger)  # one port for every engine
+    served = metrics.__enter__()  # entered here, left in the finally below: engines spawn inside it
     per_engine = max(1, opts.run.workers() // len(devs))
     cores = max(1, opts.run.core_count() // len(devs))  # each engine sizes its FFmpeg threads within its share
     ctx = mp.get_context("spawn")
@@ -99,6 +103,8 @@ def run_many(opts: Options, devs: list[Device]) -> tuple[int, int, str, Path]:
                     if p.sentinel in ready:
                         p.join()
                         alive.remove((d, p))
+                        if served is not None:
+                            served.engine_ended(p.pid)
                         if p.exitcode not in (0, 130):
                             log.warning("engine on %s died (exit %s): its videos go back to the others", d, p.exitcode)
                             manifest.reap(opts.run.lease_seconds, opts.run.max_claims)
@@ -111,10 +117,14 @@ def run_many(opts: Options, devs: list[Device]) -> tuple[int, int, str, Path]:
                     log.info("%d videos came back from a dead engine: relaunching on %s", now["pending"], healthy[0])
                     alive.append((healthy[0], launch(healthy[0])))
     finally:
+        stopped = stops[0]  # a stop during the linger below comes after the work: not an interruption
+        if served is not None:
+            served.stopped = lambda: bool(stops[0])  # a stop request ends --metrics-linger
+        metrics.__exit__(None, None, None)  # after --metrics-linger: the engines' final counts stay scrapeable
         for s, h in old.items():
             signal.signal(s, h)
     end = manifest.counts()
     codes = [p.exitcode for _d, p in engines]  # relaunched engines included
-    state = "interrupted" if stops[0] else ("finished" if not end["pending"] and not end["running"] else "failed")
+    state = "interrupted" if stopped else ("finished" if not end["pending"] and not end["running"] else "failed")
     log.info("engines ended with %s: %s", codes, state)
     return end["done"] - start["done"], end["failed"] - start["failed"], state, log_path

@@ -62,6 +62,8 @@ def open_manifest(output_dir: str | os.PathLike[str], db: str | None, create: bo
         m.create_schema()
     elif not m.exists():
         raise PipelineError(f"no job in {url}: run 'scan' first")
+    else:
+        m.migrate()  # a job made by an older version gains the newer columns, in place
     return m
 
 

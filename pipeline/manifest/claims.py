@@ -8,7 +8,7 @@ owner's work. See docs/design/claim-protocol.md and docs/design/commit-order.md.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import and_, bindparam, case, func, select, update
@@ -47,12 +47,16 @@ class ClaimsMixin(Database):
         rows = self.write(lambda c: c.execute(stmt).all())
         return sorted((Claim(r.id, r.path, r.attempts, r.size) for r in rows), key=lambda c: c.id)
 
-    def complete(self, run_id: str, shard: str, rows: Sequence[tuple[int, int, int]], frames: int) -> int:
+    def complete(
+        self, run_id: str, shard: str, rows: Sequence[tuple[int, int, int]], frames: int,
+        decoded_on: Mapping[int, str] | None = None,
+    ) -> int:
         """Mark (id, shard_index, num_frames) rows done in `shard`, only those still ours.
 
         Called after the shard file is durably in place (see writer.py); a row whose
         claim we lost meanwhile is left to its new owner and its line in the shard
-        is simply never read.
+        is simply never read. `decoded_on`: video id -> 'gpu' or 'cpu', recorded with
+        the commit (status shows the share).
         """
         now = time.time()
 
@@ -66,6 +70,13 @@ class ClaimsMixin(Database):
                 ),
                 [{"vid": i, "idx": idx, "nf": nf} for i, idx, nf in rows],
             )
+            where = [{"vid": i, "on": decoded_on[i]} for i, _idx, _nf in rows if decoded_on and i in decoded_on]
+            if where:
+                conn.execute(
+                    update(videos).where(and_(videos.c.id == bindparam("vid"), videos.c.shard == shard))
+                    .values(decoded_on=bindparam("on")),
+                    where,
+                )
             # Counted, not taken from rowcount: drivers disagree on it for executemany.
             done = conn.execute(select(func.count()).where(videos.c.shard == shard)).scalar() or 0
             conn.execute(

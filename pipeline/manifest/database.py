@@ -22,6 +22,11 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from pipeline.errors import PipelineError
 
 SCHEMA_SQL = Path(__file__).resolve().parent.parent.parent / "schema.sql"
+# Columns schema.sql gained after jobs existed, in the order added: (table, column, SQL type).
+# A new column goes at the end of its table in schema.sql and here, so old and new jobs agree.
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("videos", "decoded_on", "TEXT"),
+)
 T = TypeVar("T")
 
 
@@ -124,6 +129,36 @@ class Database:
                     conn.exec_driver_sql(stmt)
 
         self.write(apply)
+        self.migrate()
+
+    def migrate(self) -> None:
+        """Add the columns schema.sql gained after a job was created (CREATE TABLE IF NOT
+        EXISTS leaves an old table as it was). Only reads unless one is missing; the check
+        is repeated inside the write transaction, so two runs starting at once add it once."""
+
+        def missing(conn: Connection) -> list[tuple[str, str, str]]:
+            have: dict[str, set[str]] = {}
+            for table, _column, _kind in ADDED_COLUMNS:
+                if table not in have:
+                    if self.is_sqlite:
+                        rows = conn.exec_driver_sql(f"PRAGMA table_info({table})").all()
+                        have[table] = {r[1] for r in rows}
+                    else:
+                        rows = conn.exec_driver_sql(
+                            "SELECT column_name FROM information_schema.columns "
+                            "WHERE table_name = %(t)s AND table_schema = current_schema()", {"t": table}
+                        ).all()
+                        have[table] = {r[0] for r in rows}
+            return [c for c in ADDED_COLUMNS if have[c[0]] and c[1] not in have[c[0]]]
+
+        if not self.read(missing):
+            return
+
+        def add(conn: Connection) -> None:
+            for table, column, kind in missing(conn):
+                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+        self.write(add)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -33,6 +33,12 @@ class ReportsMixin(Database):
         out["total"] = sum(out.values())
         return out
 
+    def decoded_on(self) -> dict[str, int]:
+        """Done videos by where their frames were decoded: 'gpu', 'cpu', and 'unknown'
+        (done before this was recorded); only the keys that occur."""
+        q = select(videos.c.decoded_on, func.count()).where(videos.c.status == "done").group_by(videos.c.decoded_on)
+        return {(on or "unknown"): int(n) for on, n in self.read(lambda c: c.execute(q).all())}
+
     def failures(self, limit: int | None = None) -> list[tuple[str, str]]:
         q = select(videos.c.path, videos.c.error).where(videos.c.status == "failed").order_by(videos.c.id)
         if limit:

@@ -34,6 +34,7 @@ videos = Table(
     Column("shard_index", Integer),
     Column("num_frames", Integer),
     Column("updated_at", Float),
+    Column("decoded_on", Text),  # added after the first jobs: Database.migrate adds it to theirs
 )
 runs = Table(
     "runs",

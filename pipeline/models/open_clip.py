@@ -90,10 +90,80 @@ def _model_name(model: str) -> str:
     return model
 
 
-def check_weights(job: JobSettings) -> tuple[str, str | None, dict[str, Any]]:
+# Keys only OpenAI's own checkpoints have: its TorchScript models keep these ints in their
+# state dict (open_clip drops them when it converts one, factory.load_state_dict).
+OPENAI_ONLY_KEYS = frozenset({"input_resolution", "context_length", "vocab_size"})
+
+
+def openai_layout(path: str) -> str | None:
+    """What marks `path` as one of OpenAI's own checkpoints, or None when nothing does.
+
+    A TorchScript archive (OpenAI's release format: a zip with code/ and constants.pkl)
+    or a state dict holding OpenAI's JIT-only keys. A state dict saved from open_clip
+    (README's offline recipe) has open_clip's keys whoever trained it, so it says
+    nothing; `quickgelu_advice` covers that case. Reads the keys only (mmap), not the weights.
+    """
+    import zipfile
+
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            keys = set(f.keys())
+        return "a state dict with OpenAI's JIT keys" if keys & OPENAI_ONLY_KEYS else None
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+        if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
+            return "a TorchScript archive, OpenAI's release format"
+    import torch
+
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception:  # noqa: BLE001 - not a checkpoint we can read: load_model words that
+        return None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    keys = {str(k).removeprefix("module.") for k in sd} if isinstance(sd, dict) else set()
+    return "a state dict with OpenAI's JIT keys" if keys & OPENAI_ONLY_KEYS else None
+
+
+def quickgelu_advice(name: str, pretrained: str) -> tuple[int, str] | None:
+    """A local checkpoint by path gets no tag, so nothing tells open_clip the weights are
+    OpenAI's, which were trained with QuickGELU; built with plain GELU they give other
+    features without any error. (logging level, one line), or None when nothing to say:
+    the name is a -quickgelu one (or its config sets quick_gelu), or the architecture has
+    no QuickGELU twin (OpenAI never released it).
+    """
+    import logging
+
+    import open_clip
+
+    cfg = open_clip.get_model_config(name) or {}
+    if name.endswith("-quickgelu") or cfg.get("quick_gelu"):
+        return None
+    twin = f"{name}-quickgelu"
+    use = f"--model {twin}" if twin in open_clip.list_models() else "a model config with \"quick_gelu\": true"
+    kind = openai_layout(pretrained)
+    if kind:
+        return logging.WARNING, (
+            f"pretrained {pretrained} is {kind}: OpenAI trained it with QuickGELU, but {name} builds plain GELU "
+            f"(different features); use {use}"
+        )
+    if twin in open_clip.list_models():
+        return logging.WARNING, (
+            f"pretrained {pretrained}: a local checkpoint for {name} builds with plain GELU; if these are OpenAI's "
+            f"weights (saved from pretrained='openai'), use {use}: OpenAI trained with QuickGELU"
+        )
+    return None
+
+
+def check_weights(job: JobSettings, advise: bool = True) -> tuple[str, str | None, dict[str, Any]]:
     """Resolve (model name, pretrained, create kwargs) without loading anything.
 
-    `scan` calls this so a typo is refused when the job is created, not hours later.
+    `scan` calls this so a typo is refused when the job is created, not hours later;
+    it also says there (`advise`) when a local checkpoint may be OpenAI's built without
+    QuickGELU. A run (`advise=False`) only notes that in its log.
     """
     import open_clip
 
@@ -110,6 +180,8 @@ def check_weights(job: JobSettings) -> tuple[str, str | None, dict[str, Any]]:
         # OpenAI's weights were trained with QuickGELU; building without it gives wrong features.
         if tag_cfg.get("quick_gelu"):
             kwargs["force_quick_gelu"] = True
+    elif pretrained and (advice := quickgelu_advice(name, pretrained)):
+        log.log(advice[0] if advise else logging.INFO, advice[1])
     return name, pretrained, kwargs
 
 
@@ -117,7 +189,7 @@ def load_model(job: JobSettings, device: Any = "cpu") -> OpenClipModel:
     import open_clip
     import torch
 
-    name, pretrained, kwargs = check_weights(job)
+    name, pretrained, kwargs = check_weights(job, advise=False)
     if pretrained and not os.path.isfile(pretrained):
         _go_offline_if_unreachable()
     try:
