@@ -364,6 +364,8 @@ class EncoderPool:
         for ref in ready:
             actor = owners[ref]
             assert actor.batches is not None
+            if ref not in actor.batches:  # its actor died: already back in the queue
+                continue
             batch = actor.batches.pop(ref)
             try:
                 out = ray.get(ref)
