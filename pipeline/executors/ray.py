@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -455,6 +456,8 @@ def run_ray(opts: "Options", stop: StopRequest, cpu_encoder: bool = True) -> "Ru
     if settings.retry_failed:
         log.info("retry-failed: %d failed rows back to pending", manifest.reset_failed())
     connect(settings, cpu_encoder)
+    for sig in stop.signals:  # ray.init makes SIGTERM a sys.exit: a stop is the run's to make, cleanly
+        signal.signal(sig, stop._handle)
     run_id: str | None = None
     encoders: EncoderPool | None = None
     pool: RayDecodePool | None = None
