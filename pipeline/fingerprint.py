@@ -138,7 +138,11 @@ def record(manifest: "Manifest", job: "JobSettings", model: "Model") -> dict[str
     the recorded one is refused, so one job never mixes features of two models.
 
     Read and written in one write transaction, so engines starting together agree."""
-    fp = model_fingerprint(job, model)
+    return keep(manifest, model_fingerprint(job, model))
+
+
+def keep(manifest: "Manifest", fp: dict[str, Any]) -> dict[str, Any]:
+    """`record` for a fingerprint made elsewhere (a Ray encoder actor, which holds the model)."""
 
     def put(conn: Connection) -> dict[str, Any] | None:
         row = conn.execute(select(job_settings.c.value).where(job_settings.c.key == SETTING_KEY)).scalar()

@@ -99,8 +99,20 @@ class RunSettings:
         aliases=("gpu_id",),
     )
     executor: str = setting(
-        "local", "How engines run: local (this machine, one engine per device).", RUN,
+        "local", "How engines run: local (this machine, one engine per device) or ray (a Ray cluster, --ray-address).", RUN,
         choices=EXECUTORS.names,
+    )
+    # --executor ray (pipeline/executors/ray.py, docs/design/ray.md)
+    ray_address: str | None = setting(
+        None, "Ray cluster for --executor ray: auto, ray://HOST:PORT, HOST:PORT, or local (start one here).", RUN,
+        default_text="as ray.init(): RAY_ADDRESS, else a local Ray",
+    )
+    ray_decode_resource: str | None = setting(
+        None, "Ray: a custom resource decode tasks need (the CPU nodes' role), besides one CPU each.", RUN,
+        default_text="any node with a free CPU",
+    )
+    ray_encode_resource: str = setting(
+        "GPU", "Ray: the resource encoder actors take, one actor per unit in the cluster (CPU actors if none is GPU).", RUN,
     )
     batch_size: int = setting(64, "Videos per forward pass.", RUN, minimum=1)
     num_workers: int = setting(0, "Decode processes.", RUN, minimum=0, default_text="one per core")

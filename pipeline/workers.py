@@ -105,9 +105,8 @@ class Result:
     decoded_on: str | None = None  # 'gpu' or 'cpu': where its frames really came from (Sampled.decoded_on)
 
 
-def _worker_main(conn: Connection, spec: DecodeSpec, shm_name: str, slots: int) -> None:
-    die_with_parent(signal.SIGKILL)  # a worker never outlives its run, even a SIGKILLed one
-    ignore_stop_signals()  # the run decides when workers stop (see pipeline/signals.py)
+def decode_tools(spec: DecodeSpec) -> tuple[Any, Any, Any]:
+    """(decoder, sampler, converter) for `spec`: built once per worker (local or a Ray task's process)."""
     convert = spec.geometry.converter(spec.resize)
     sampler = get_sampler(spec.sampling)(spec.num_frames)
     decoder = get_decoder(spec.decoder)(spec.threads, spec.gpu_index)
@@ -115,6 +114,33 @@ def _worker_main(conn: Connection, spec: DecodeSpec, shm_name: str, slots: int) 
         from pipeline.sources.remote import set_cache_dir
 
         set_cache_dir(spec.cache_dir)
+    return decoder, sampler, convert
+
+
+def decode_into(decoder: Any, sampler: Any, convert: Any, video_id: int, path: str, out: np.ndarray) -> Result:
+    """Decode one video's crops into `out` (uint8 [N, H, W, 3]); a failure is a Result with its reason.
+
+    Shared by the local decode workers and the Ray executor's decode tasks, so a video
+    decodes, and fails, the same way under either."""
+    began = time.monotonic()
+    try:
+        sampled = decoder.sample(open_video(path), sampler, convert)
+        for i, frame in enumerate(sampled.frames):
+            out[i] = frame
+        return Result(video_id, None, sampled.n, None, decoded=sampled.decoded,
+                      seconds=time.monotonic() - began, decoded_on=sampled.decoded_on)
+    except (DecodeError, PipelineError) as e:  # the file, or its source, says why
+        return Result(video_id, None, 0, str(e), endpoint=getattr(e, "endpoint", None))
+    except MemoryError:
+        return Result(video_id, None, 0, "out of memory while decoding")
+    except Exception as e:  # a decoder bug must not take the worker down
+        return Result(video_id, None, 0, f"{type(e).__name__}: {e}")
+
+
+def _worker_main(conn: Connection, spec: DecodeSpec, shm_name: str, slots: int) -> None:
+    die_with_parent(signal.SIGKILL)  # a worker never outlives its run, even a SIGKILLed one
+    ignore_stop_signals()  # the run decides when workers stop (see pipeline/signals.py)
+    decoder, sampler, convert = decode_tools(spec)
     shm = SharedMemory(name=shm_name)
     out = np.ndarray((slots, *spec.shape), dtype=np.uint8, buffer=shm.buf)
     while True:
@@ -124,19 +150,7 @@ def _worker_main(conn: Connection, spec: DecodeSpec, shm_name: str, slots: int) 
             break
         if task is None:
             break
-        began = time.monotonic()
-        try:
-            sampled = decoder.sample(open_video(task.path), sampler, convert)
-            for i, frame in enumerate(sampled.frames):
-                out[task.slot, i] = frame
-            result = Result(task.video_id, None, sampled.n, None, decoded=sampled.decoded,
-                            seconds=time.monotonic() - began, decoded_on=sampled.decoded_on)
-        except (DecodeError, PipelineError) as e:  # the file, or its source, says why
-            result = Result(task.video_id, None, 0, str(e), endpoint=getattr(e, "endpoint", None))
-        except MemoryError:
-            result = Result(task.video_id, None, 0, "out of memory while decoding")
-        except Exception as e:  # a decoder bug must not take the worker down
-            result = Result(task.video_id, None, 0, f"{type(e).__name__}: {e}")
+        result = decode_into(decoder, sampler, convert, task.video_id, task.path, out[task.slot])
         try:
             conn.send(result)
         except (BrokenPipeError, OSError):

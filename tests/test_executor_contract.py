@@ -21,7 +21,7 @@ from tests.conftest import cli, kill_group, model_args
 N = 24
 COMMON = ["--batch-size", "2", "--shard-size", "2", "--num-workers", "2"]
 # Each executor with the device lists it must handle on this CPU-only machine.
-SHAPES = {"local": [["--gpu", "cpu"], ["--gpu", "cpu,cpu"]]}
+SHAPES = {"local": [["--gpu", "cpu"], ["--gpu", "cpu,cpu"]], "ray": [["--ray-address", "local", "--gpu", "cpu"]]}
 CASES = [(name, shape) for name, shapes in SHAPES.items() for shape in shapes]
 
 

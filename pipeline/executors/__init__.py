@@ -25,6 +25,7 @@ __all__ = ["EXECUTORS", "Executor", "run"]
 
 EXECUTORS = Registry("executor", {
     "local": "pipeline.executors.local:LocalExecutor",
+    "ray": "pipeline.executors.ray:RayExecutor",
 })
 
 
