@@ -28,6 +28,7 @@ from pipeline.errors import PipelineError
 
 # The commands. `extract` is scan, run and export in one go, so it takes all of their options.
 COMMANDS = ("scan", "run", "status", "export", "extract")
+COMMANDS += ("index", "search", "dedup")  # after the run: the job's features put to use
 EXTRACT_OF = frozenset({"scan", "run", "export"})
 
 _META = "option"

@@ -51,6 +51,7 @@ BEFORE_SETTING_EXISTED = {"resize": "pil"}
 
 # Which commands take which options as flags (`extract` takes every option of scan, run and export).
 ALL = ("scan", "run", "status", "export")
+ALL += ("index", "search", "dedup")
 SCAN, RUN, EXPORT = ("scan",), ("run",), ("export",)
 JOB = ("scan", "run")  # run takes them too, to check them against the job's
 
@@ -163,7 +164,8 @@ class ExportSettings:
     """What `export` writes."""
 
     format: str = setting(
-        "npy", "npy (features.npy + video_paths.txt) or pkl (features.pkl; pickle: load only from trusted sources).",
+        "npy", "npy (features.npy + video_paths.txt), pkl (features.pkl; pickle: load only from trusted sources) "
+        "or parquet (features.parquet).",
         EXPORT, aliases=("save_format",), choices=FORMATS.names,
     )
 
@@ -177,7 +179,15 @@ OPTIONS: tuple[Option, ...] = (
     *options_of(ExportSettings, "export"),
     command_option("config", str, None, "YAML file of option: value, flat or in the guide's sections (flags win).", ALL),
     command_option("watch", bool, False, "Refresh live until Ctrl-C.", ("status",)),
-    command_option("json", bool, False, "Print one JSON object.", ("status",)),
+    command_option("json", bool, False, "Print one JSON object.", ("status", "index", "search", "dedup")),
+    # index, search, dedup (pipeline/index.py, search.py, dedup.py): flags of the commands, not settings.
+    command_option("rebuild", bool, False, "Build the index anew instead of extending it.", ("index",)),
+    command_option("ivf_min", int, None, "Rows from which the index is IVF, not exact (default 50000).", ("index",)),
+    command_option("text", str, None, "Find the videos nearest this text (the job's model's text tower).", ("search",)),
+    command_option("video", str, None, "Find the videos nearest this one: a done video (path or file name) or a new file.", ("search",)),
+    command_option("top_k", int, 10, "How many videos to list.", ("search",)),
+    command_option("threshold", float, 0.95, "Cosine from which two videos are near-duplicates.", ("dedup",)),
+    command_option("out", str, None, "Also write the groups to FILE.csv or FILE.json.", ("dedup",)),
 )
 check_table(OPTIONS)
 _BY_NAME = {o.name: o for o in OPTIONS}
