@@ -128,7 +128,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("sizes", nargs="*", type=int, default=[100_000, 1_000_000])
     ap.add_argument("--parquet", type=int, default=1_000_000, help="rows of the parquet export (0: skip)")
     args = ap.parse_args(argv)
-    result: dict = {"dim": DIM, "index": []}
+    import os
+
+    # The machine's load when it ran: on a shared box the figures are upper bounds.
+    result: dict = {"dim": DIM, "index": [], "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()}
     if args.parquet:
         p = bench_parquet(args.parquet)
         result["parquet"] = p
@@ -142,6 +145,9 @@ def main(argv: list[str] | None = None) -> None:
             params = f"nlist {r['nlist']}, nprobe {r['nprobe']}, trained on {r['trained_on']:,}" if r["kind"] == "ivf" else ""
             print(f"{r['n']:>10,} {r['kind']:>5} {r['build_s']:>8.2f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
                   f"{r['recall_at_10']:>9.3f}  {params}", flush=True)
+    result["load_average_at_end"] = os.getloadavg()
+    print(f"load average: {result['load_average_at_start'][0]:.1f} at start, {result['load_average_at_end'][0]:.1f} at end "
+          f"on {result['cpus']} CPUs")
     write_results("index", result)
 
 

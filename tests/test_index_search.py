@@ -1,7 +1,8 @@
 """After the run: parquet export, the faiss index, text and video search, near-duplicates.
 
 One job of seven tiny clips (five distinct pictures, a re-encode of one of them, and a
-file name with a line break), extracted once for the module with the tiny random CLIP.
+file name with a line break), extracted once for the module with the tiny random CLIP
+(--save-frames, so the parquet export's per-frame column is checked too).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def job(tmp_path_factory: pytest.TempPathFactory, tiny_model: dict[str, str]) ->
     reencode(videos / "clip0.mp4", videos / "clip0_crf40.mp4", 40)
     make_video(videos / "two\nlines.mp4", Spec("x.mp4", **SIZE), blocks(99))
     j = Job(root / "job", None)
-    j.cli("extract", "--video-dir", str(videos), *model_args(tiny_model), *RUN)
+    j.cli("extract", "--video-dir", str(videos), *model_args(tiny_model), "--save-frames", *RUN)
     j.videos = videos  # type: ignore[attr-defined]
     return j
 
@@ -77,8 +78,10 @@ def test_parquet_round_trips_the_npy_export(job: Job, tiny_model: dict[str, str]
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from pipeline.exports.job import frame_indices
     from pipeline.exports.npy import NpyExport
     from pipeline.exports.parquet import ParquetExport
+    from pipeline.reader import load_features
     from pipeline.samplers import sample_indices
 
     assert main_in_process("export", *job.args, "--format", "parquet").returncode == 0
@@ -94,7 +97,11 @@ def test_parquet_round_trips_the_npy_export(job: Job, tiny_model: dict[str, str]
     frames = dict(zip(paths, table.column("stream_frames").to_pylist()))
     assert frames[str(job.videos / "clip1.mp4")] == SIZE["frames"]  # type: ignore[attr-defined]
     for n, indices in zip(table.column("stream_frames").to_pylist(), table.column("frame_indices").to_pylist()):
-        assert indices == sample_indices(n, 8)
+        assert indices == sample_indices(n, 8)  # exact sampling's frames; keyframe sampling's are not stored:
+    assert frame_indices({"sampling": "keyframes", "num_frames": "8"}, 12) is None
+    per_frame = np.asarray(table.column("frame_features").to_pylist(), dtype=np.float32)
+    assert per_frame.shape == (len(paths), 8, 512)
+    assert np.array_equal(per_frame, load_features(job.out, frames=True).frames)
     df = pd.read_parquet(job.out / "features.parquet")
     assert list(df["path"]) == want_paths
     assert np.array_equal(np.stack(df["feature"].to_numpy()).astype(np.float32), want)
@@ -186,7 +193,7 @@ def test_a_model_without_text_tower_is_a_one_line_error() -> None:
         VisionOnly().encode_text(["a dog"])
 
 
-def test_dedup_finds_the_re_encode_and_no_distinct_pair(job: Job, tmp_path: Path, main_in_process) -> None:
+def test_dedup_finds_the_re_encode_and_no_distinct_pair(job: Job, tmp_path: Path, main_in_process, capsys) -> None:
     from pipeline.exports.npy import NpyExport
 
     videos: Path = job.videos  # type: ignore[attr-defined]
@@ -194,7 +201,9 @@ def test_dedup_finds_the_re_encode_and_no_distinct_pair(job: Job, tmp_path: Path
     sims = feats @ feats.T
     copy = (paths.index(str(videos / "clip0.mp4")), paths.index(str(videos / "clip0_crf40.mp4")))
     others = [sims[i, j] for i in range(len(paths)) for j in range(i + 1, len(paths)) if (i, j) != tuple(sorted(copy))]
-    print(f"re-encode cosine {sims[copy]:.6f}; distinct pairs {min(others):.6f}..{max(others):.6f}")
+    with capsys.disabled():  # the figures THRESHOLD is picked from
+        print(f"\nre-encode cosine {sims[copy]:.6f}; distinct pairs {min(others):.6f}..{max(others):.6f}")
+    assert sims[copy] >= THRESHOLD > max(others)
     out = tmp_path / "dups.json"
     data = _json(main_in_process("dedup", *job.args, "--threshold", str(THRESHOLD), "--out", str(out), "--json"))
     assert [g["videos"] for g in data["groups"]] == [[str(videos / "clip0.mp4"), str(videos / "clip0_crf40.mp4")]]
@@ -229,6 +238,7 @@ def test_ivf_recall_on_a_clustered_synthetic_set() -> None:
     assert recall >= 0.95 and nprobe < index.nlist
 
 
+@pytest.mark.slow  # one more extract (scan, run, export) in a subprocess
 def test_index_is_extended_when_more_rows_are_done(job: Job, tmp_path: Path, tiny_model: dict[str, str], main_in_process) -> None:
     """A copy of the job gets one more video: the index is stale (a warning, brute force) until
     `index` extends it; `--ivf-min` below the size gives an IVF index with the same answers."""

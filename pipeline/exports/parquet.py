@@ -63,7 +63,10 @@ class ParquetExport(Exporter):
         self.schema = pa.schema(columns, metadata=meta)
         self.tmp = out / f"{FILE}.tmp"
         self.written = 0
-        self._writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+        # Dictionary pages only for the job-wide strings, statistics only for scalar columns: on
+        # a float column both are work per value for nothing (features are unique, unordered).
+        self._writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd", use_dictionary=["model", "pretrained"],
+                                        write_statistics=["path", "stream_frames", "model", "pretrained"])
 
     def write(self, paths: list[str], features: np.ndarray, facts: RowFacts | None = None) -> None:
         import pyarrow as pa
