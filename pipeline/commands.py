@@ -81,12 +81,13 @@ def index(opts: Options, as_json: bool, rebuild: bool, ivf_min: int | None) -> N
 
     from pipeline import index as job_index
 
-    info = job_index.build(opts.paths.output_dir, opts.paths.db, ivf_min or job_index.IVF_MIN, rebuild)
+    ivf_min = job_index.IVF_MIN if ivf_min is None else ivf_min
+    info = job_index.build(opts.paths.output_dir, opts.paths.db, ivf_min, rebuild)
     if as_json:
-        print(json.dumps({**asdict(info), "ivf_min": ivf_min or job_index.IVF_MIN}))
+        print(json.dumps({**asdict(info), "ivf_min": ivf_min}))
         return
     how = "exact (flat)" if info.kind == "flat" else f"IVF, {info.nlist} lists, nprobe {info.nprobe} (recall@10 {info.recall_at_10:.3f})"
-    console.print(f"index {info.action}: {info.count} videos, {how}; IVF from {ivf_min or job_index.IVF_MIN} videos; "
+    console.print(f"index {info.action}: {info.count} videos, {how}; IVF from {ivf_min} videos; "
                   f"{job_index.index_dir(opts.paths.output_dir)}")
 
 

@@ -288,6 +288,9 @@ def test_bad_input_is_one_line_and_changes_nothing(tmp_path: Path, tiny_model: d
         (("dedup", "--out", str(tmp_path / "x.txt")), "must end in .csv or .json"),
         (("search",), "one of --text"),
         (("search", "--bogus"), "No such option"),
+        (("search", "--video", "a.mp4", "--top-k", "0"), "top_k must be at least 1"),
+        (("index", "--ivf-min", "0"), "ivf_min must be at least 1"),
+        (("dedup", "--threshold", "2"), "between -1 and 1"),
     ]:
         r = main_in_process(*argv, *job.args)
         assert r.returncode != 0 and r.stderr.startswith("error:") and words in r.stderr, (argv, r.stderr)
