@@ -64,6 +64,33 @@ def export(config: str | None, **flags: Any) -> None:
 
 
 @app.command()
+@command(OPTIONS, "index")
+def index(config: str | None, json: bool, rebuild: bool, ivf_min: int | None, **flags: Any) -> None:
+    """Build (or extend) a faiss index of the done videos' features in OUTPUT_DIR/index/."""
+    from pipeline import commands
+
+    commands.index(resolve(flags, config), as_json=json, rebuild=rebuild, ivf_min=ivf_min)
+
+
+@app.command()
+@command(OPTIONS, "search")
+def search(config: str | None, json: bool, text: str | None, video: str | None, top_k: int, **flags: Any) -> None:
+    """The done videos nearest a text (--text) or a video (--video), with their cosine."""
+    from pipeline import commands
+
+    commands.search(resolve(flags, config), as_json=json, text=text, video=video, top_k=top_k)
+
+
+@app.command()
+@command(OPTIONS, "dedup")
+def dedup(config: str | None, json: bool, threshold: float, out: str | None, **flags: Any) -> None:
+    """Groups of near-duplicate done videos (pairs with cosine >= --threshold), to CSV or JSON."""
+    from pipeline import commands
+
+    commands.dedup(resolve(flags, config), as_json=json, threshold=threshold, out=out)
+
+
+@app.command()
 @extract_app.command()
 @command(OPTIONS, "extract")
 def extract(config: str | None, **flags: Any) -> None:

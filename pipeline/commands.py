@@ -80,6 +80,57 @@ def export(opts: Options) -> None:
     console.print(f"exported {len(feats.paths)} features ({shape} float32): " + ", ".join(str(p) for p in written))
 
 
+def index(opts: Options, as_json: bool, rebuild: bool, ivf_min: int | None) -> None:
+    import json
+    from dataclasses import asdict
+
+    from pipeline import index as job_index
+
+    ivf_min = job_index.IVF_MIN if ivf_min is None else ivf_min
+    info = job_index.build(opts.paths.output_dir, opts.paths.db, ivf_min, rebuild)
+    if as_json:
+        print(json.dumps({**asdict(info), "ivf_min": ivf_min}))
+        return
+    how = "exact (flat)" if info.kind == "flat" else f"IVF, {info.nlist} lists, nprobe {info.nprobe} (recall@10 {info.recall_at_10:.3f})"
+    console.print(f"index {info.action}: {info.count} videos, {how}; IVF from {ivf_min} videos; "
+                  f"{job_index.index_dir(opts.paths.output_dir)}")
+
+
+def search(opts: Options, as_json: bool, text: str | None, video: str | None, top_k: int) -> None:
+    import json
+    from dataclasses import asdict
+
+    from pipeline.search import search as run_search
+
+    answer = run_search(opts.paths.output_dir, opts.paths.db, text, video, top_k)
+    for w in answer.warnings:
+        console.print(f"warning: {w}")
+    if as_json:
+        print(json.dumps({"method": answer.method, "searched": answer.searched, "warnings": answer.warnings,
+                          "hits": [asdict(h) for h in answer.hits]}, ensure_ascii=False))
+        return
+    for h in answer.hits:
+        print(f"{h.rank:>4}  {h.score:+.4f}  {h.path!r}" if "\n" in h.path else f"{h.rank:>4}  {h.score:+.4f}  {h.path}")
+    console.print(f"{len(answer.hits)} of {answer.searched} videos, by {answer.method}")
+
+
+def dedup(opts: Options, as_json: bool, threshold: float, out: str | None) -> None:
+    import json
+
+    from pipeline import dedup as job_dedup
+
+    if out:
+        job_dedup.out_format(out)  # a bad --out is refused before any work
+    groups, compared = job_dedup.find_groups(opts.paths.output_dir, opts.paths.db, threshold)
+    written = job_dedup.write(groups, threshold, compared, out) if out else None
+    if as_json:
+        print(json.dumps(job_dedup.as_json(groups, threshold, compared), ensure_ascii=False))
+    pairs = sum(len(g.pairs) for g in groups)
+    largest = max((len(g.videos) for g in groups), default=0)
+    console.print(f"dedup: {compared} videos, {pairs} pairs with cosine >= {threshold:g}, {len(groups)} groups "
+                  f"(largest {largest})" + (f"; written to {written}" if written else ""))
+
+
 def extract(opts: Options) -> int:
     """scan, run, export. The devices are resolved first, so a GPU that is not there is an
     error before anything is scanned or created."""

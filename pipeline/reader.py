@@ -28,6 +28,7 @@ class Features:
     paths: list[str]
     ids: list[int]
     frames: np.ndarray | None = None  # [N, num_frames, D] with save_frames
+    stream_frames: list[int | None] | None = None  # frames counted in each row's stream (the manifest's)
 
 
 def _gather(rows: list[DoneRow], shards: Path, suffix: str) -> np.ndarray | None:
@@ -79,4 +80,4 @@ def load_features(
     if feats is None:
         feats = np.zeros((0, dim), dtype=np.float32)
     per_frame = _gather(rows, shards, ".frames.npy") if frames and rows else None
-    return Features(feats, [r.path for r in rows], [r.id for r in rows], per_frame)
+    return Features(feats, [r.path for r in rows], [r.id for r in rows], per_frame, [r.num_frames for r in rows])

@@ -53,6 +53,7 @@ BEFORE_SETTING_EXISTED = {"resize": "pil"}
 
 # Which commands take which options as flags (`extract` takes every option of scan, run and export).
 ALL = ("scan", "run", "status", "export")
+ALL += ("index", "search", "dedup")
 SCAN, RUN, EXPORT = ("scan",), ("run",), ("export",)
 JOB = ("scan", "run")  # run takes them too, to check them against the job's
 ANALYSIS = ("verify", "probe", "plot", "report")  # they read a job: --output-dir, --db, --config
@@ -197,7 +198,8 @@ class ExportSettings:
     """What `export` writes."""
 
     format: str = setting(
-        "npy", "npy (features.npy + video_paths.txt) or pkl (features.pkl; pickle: load only from trusted sources).",
+        "npy", "npy (features.npy + video_paths.txt), pkl (features.pkl; pickle: load only from trusted sources) "
+        "or parquet (features.parquet).",
         EXPORT, aliases=("save_format",), choices=FORMATS.names,
     )
 
@@ -227,9 +229,20 @@ OPTIONS: tuple[Option, ...] = (
     *options_of(AnalysisSettings, "analysis"),
     command_option("config", str, None, "YAML file of option: value, flat or in the guide's sections (flags win).", ALL),
     command_option("watch", bool, False, "Refresh live until Ctrl-C.", ("status",)),
-    command_option("json", bool, False, "Print one JSON object.", ("status", "verify", "probe")),
+    command_option("json", bool, False, "Print one JSON object.", ("status", "verify", "probe", "index", "search", "dedup")),
     command_option("predict", bool, False, "Score the job's videos with the classifier `probe --labels` saved.", ("probe",)),
-    command_option("out", str, None, "Where to write: probe --predict's CSV, plot's folder, report's HTML.", ("probe", "plot", "report")),
+    command_option(
+        "out", str, None,
+        "Where to write: probe --predict's CSV, plot's folder, report's HTML, dedup's FILE.csv or FILE.json.",
+        ("probe", "plot", "report", "dedup"),
+    ),
+    # index, search, dedup (pipeline/index.py, search.py, dedup.py): flags of the commands, not settings.
+    command_option("rebuild", bool, False, "Build the index anew instead of extending it.", ("index",)),
+    command_option("ivf_min", int, None, "Rows from which the index is IVF, not exact (default 50000).", ("index",)),
+    command_option("text", str, None, "Find the videos nearest this text (the job's model's text tower).", ("search",)),
+    command_option("video", str, None, "Find the videos nearest this one: a done video (path or file name) or a new file.", ("search",)),
+    command_option("top_k", int, 10, "How many videos to list.", ("search",)),
+    command_option("threshold", float, 0.95, "Cosine from which two videos are near-duplicates.", ("dedup",)),
 )
 check_table(OPTIONS)
 _BY_NAME = {o.name: o for o in OPTIONS}

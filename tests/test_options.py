@@ -120,7 +120,7 @@ def test_guide_layout_reads_as_the_flat_one(tmp_path: Path) -> None:
         ("device: {name: cuda}\n", "unknown option 'device.name'"),
         ("batch_size: 2\nextraction: {batch_size: 3}\n", "'batch_size' given twice ('batch_size' and 'extraction.batch_size')"),
         ("gpu: 0\ndevice: {gpu_id: 1}\n", "'gpu' given twice"),
-        ("output: {save_format: parquet}\n", "format must be one of npy, pkl, got 'parquet'"),
+        ("output: {save_format: hdf5}\n", "format must be one of npy, pkl, parquet, got 'hdf5'"),
         ("extraction: {batch_size: lots}\n", "option 'batch_size' must be int"),
     ],
 )
@@ -135,7 +135,7 @@ def test_config_errors_name_the_key(tmp_path: Path, text: str, words: str) -> No
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["extract", "--format", "parquet"], "format must be one of npy, pkl"),
+        (["extract", "--format", "hdf5"], "format must be one of npy, pkl, parquet"),
         (["extract", "--save_format", "csv"], "format must be one of npy, pkl"),
         (["run", "--lease-seconds", "0"], "lease_seconds must be positive"),
         (["extract", "--max_attempts", "0"], "max_attempts must be at least 1"),

@@ -8,12 +8,13 @@ format is one module here and one line in FORMATS (docs/design/extending.md).
 
 from __future__ import annotations
 
-from pipeline.exports.base import Exporter
+from pipeline.exports.base import Exporter, RowFacts
 from pipeline.registry import Registry
 
-__all__ = ["FORMATS", "Exporter"]
+__all__ = ["FORMATS", "Exporter", "RowFacts"]
 
 FORMATS = Registry("format", {
     "npy": "pipeline.exports.npy:NpyExport",
     "pkl": "pipeline.exports.pkl:PklExport",
+    "parquet": "pipeline.exports.parquet:ParquetExport",
 })

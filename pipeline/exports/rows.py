@@ -6,18 +6,18 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.exports.base import Exporter
+from pipeline.exports.base import Exporter, RowFacts
 
 
 class GatheredExport(Exporter):
     """Fills a preallocated [count, dim] float32 array by successive writes; `close` writes it."""
 
-    def __init__(self, out: Path, count: int, dim: int) -> None:
-        super().__init__(out, count, dim)
+    def __init__(self, out: Path, count: int, dim: int, job: dict[str, str] | None = None) -> None:
+        super().__init__(out, count, dim, job)
         self.features = np.empty((count, dim), dtype=np.float32)
         self.paths: list[str] = []
 
-    def write(self, paths: list[str], features: np.ndarray) -> None:
+    def write(self, paths: list[str], features: np.ndarray, facts: RowFacts | None = None) -> None:
         start = len(self.paths)
         if start + len(paths) > len(self.features):
             raise ValueError(f"more rows written than the {len(self.features)} announced")

@@ -21,6 +21,7 @@ class DoneRow:
     path: str
     shard: str
     shard_index: int
+    num_frames: int | None = None  # frames counted in the stream
 
 
 class ReportsMixin(Database):
@@ -51,7 +52,7 @@ class ReportsMixin(Database):
 
     def done_rows(self) -> list[DoneRow]:
         q = (
-            select(videos.c.id, videos.c.path, videos.c.shard, videos.c.shard_index)
+            select(videos.c.id, videos.c.path, videos.c.shard, videos.c.shard_index, videos.c.num_frames)
             .where(videos.c.status == "done")
             .order_by(videos.c.id)
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
+from pipeline.errors import PipelineError
 from pipeline.settings import JobSettings
 
 if TYPE_CHECKING:
@@ -25,6 +26,12 @@ class Model(ABC):
 
         Runs under the encoder's autocast; the float conversion and normalisation belong
         here because they are the family's (its mean, std and channel order)."""
+
+    def encode_text(self, texts: list[str]) -> "torch.Tensor":
+        """Texts -> features [len(texts), dim] in the image features' space, not normalised
+        (`search --text`). Optional: a model without a text tower (a vision-only
+        checkpoint, an image-only family) keeps this default, a one-line error."""
+        raise PipelineError(f"this job's model ({type(self).__name__}) has no text tower: search by --video instead")
 
 
 class Family(ABC):

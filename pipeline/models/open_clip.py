@@ -59,11 +59,13 @@ class OpenClipModel(Model):
     """An open_clip CLIP on one device; `module` and `transform` are open_clip's own, kept
     for references in tests and benchmarks."""
 
-    def __init__(self, module: Any, transform: Any, device: Any) -> None:
+    def __init__(self, module: Any, transform: Any, device: Any, name: str = "") -> None:
         import torch
 
         self.module = module
         self.transform = transform
+        self.name = name  # open_clip's name for it, which picks its tokenizer
+        self.device = device
         self.preprocess: Preprocess = from_open_clip(transform)
         self.dim = int(getattr(module.visual, "output_dim", 0) or module.text_projection.shape[1])
         self._mean = torch.tensor(self.preprocess.mean, device=device).view(1, 3, 1, 1)
@@ -73,6 +75,17 @@ class OpenClipModel(Model):
         x = pixels.permute(0, 3, 1, 2).float()
         x.div_(255.0).sub_(self._mean).div_(self._std)  # in place: one float copy of the batch, not three
         return self.module.encode_image(x)
+
+    def encode_text(self, texts: list[str]) -> Any:
+        """open_clip's own tokenizer for the model and its text tower."""
+        import open_clip
+        import torch
+
+        if not callable(getattr(self.module, "encode_text", None)):
+            raise PipelineError(f"this job's model ({self.name or 'open_clip'}) has no text tower: search by --video instead")
+        tokenizer = open_clip.get_tokenizer(self.name)
+        with torch.inference_mode():
+            return self.module.encode_text(tokenizer(texts).to(self.device)).float()
 
 
 def _model_name(model: str) -> str:
@@ -213,7 +226,7 @@ def load_model(job: JobSettings, device: Any = "cpu") -> OpenClipModel:
     model = model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return OpenClipModel(model, transform, device)
+    return OpenClipModel(model, transform, device, name)
 
 
 class OpenClip(Family):
