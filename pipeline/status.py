@@ -79,7 +79,7 @@ def render(rep: dict[str, Any], max_failures: int = 20) -> Group:
     if decoded := decoded_on_text(rep.get("decoded_on", {})):
         speed.add_row("decoded", decoded)
     for key, value in sorted(rep["settings"].items()):
-        speed.add_row(key, value)
+        speed.add_row(key, short_fingerprint(value) if key == "model_fingerprint" else value)
 
     parts: list[Any] = [counts, speed]
     if rep["failures"]:
@@ -109,3 +109,14 @@ def show(manifest: Manifest, as_json: bool, watch: bool, interval: float = 2.0) 
                 live.update(render(report(manifest)))
     except KeyboardInterrupt:
         pass
+
+
+def short_fingerprint(value: str) -> str:
+    """The table shows the fingerprint's digest and weights; --json and `verify` have all of it."""
+    import json
+
+    try:
+        fp = json.loads(value)
+        return f"{fp['digest'][:16]} (weights {str(fp['weights'])[:23]})"
+    except (ValueError, KeyError, TypeError):
+        return value
