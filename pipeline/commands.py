@@ -75,6 +75,15 @@ def export(opts: Options) -> None:
     console.print(f"exported {len(feats.paths)} features ({shape} float32): " + ", ".join(str(p) for p in written))
 
 
+def tune(opts: Options, sample: int, out: str | None) -> None:
+    """Measure this box on a sample of the job's videos; print and write the recommended settings."""
+    from pipeline.tune import summary, tune as tune_job
+
+    rec, path = tune_job(opts, sample, out)
+    for line in summary(rec, path):
+        console.print(line)
+
+
 def extract(opts: Options) -> int:
     """scan, run, export. The devices are resolved first, so a GPU that is not there is an
     error before anything is scanned or created."""

@@ -50,9 +50,10 @@ def available_cores() -> int:
 BEFORE_SETTING_EXISTED = {"resize": "pil"}
 
 # Which commands take which options as flags (`extract` takes every option of scan, run and export).
-ALL = ("scan", "run", "status", "export")
+ALL = ("scan", "run", "status", "export", "tune")
 SCAN, RUN, EXPORT = ("scan",), ("run",), ("export",)
-JOB = ("scan", "run")  # run takes them too, to check them against the job's
+JOB = ("scan", "run", "tune")  # run and tune take them too, to check them against the job's
+TUNE = ("tune",)  # tune measures a job (or a folder's videos) on the run's device and cores
 
 # OpenAI's model names, as the original guide spells them, and open_clip's names for them.
 OPENAI_MODEL_NAMES = {"ViT-B/32": "ViT-B-32", "ViT-B/16": "ViT-B-16", "ViT-L/14": "ViT-L-14", "ViT-L/14@336px": "ViT-L-14-336"}
@@ -91,7 +92,7 @@ class RunSettings:
     """How one run goes. Free to change between runs of the same job."""
 
     gpu: str = setting(
-        "auto", "auto, cpu, a CUDA device index, or several (0,1 / all / cpu,cpu: one engine each).", RUN,
+        "auto", "auto, cpu, a CUDA device index, or several (0,1 / all / cpu,cpu: one engine each).", RUN + TUNE,
         aliases=("gpu_id",),
     )
     executor: str = setting(
@@ -103,7 +104,7 @@ class RunSettings:
     decode_threads: int = setting(
         0, "FFmpeg threads per decode worker.", RUN, minimum=0, default_text="cores / workers"
     )
-    cores: int = setting(0, "CPU cores the run may use.", RUN, minimum=0, default_text="all it may run on")
+    cores: int = setting(0, "CPU cores the run may use.", RUN + TUNE, minimum=0, default_text="all it may run on")
     decoder: str = setting(
         "cpu", "cpu, or nvdec: decode on the run's GPU, falling back to the CPU per video.", RUN, choices=DECODERS
     )
@@ -152,10 +153,10 @@ class RunSettings:
 class Paths:
     """Where the job lives. Not part of the job's identity."""
 
-    video_dir: str | None = setting(None, "Folder searched recursively for videos.", SCAN)
+    video_dir: str | None = setting(None, "Folder searched recursively for videos.", SCAN + TUNE)
     output_dir: str = setting("features", "The job's directory.", ALL)
     db: str | None = setting(None, "Manifest database URL.", ALL, default_text="OUTPUT_DIR/manifest.sqlite")
-    extensions: tuple[str, ...] = setting(tuple(DEFAULT_EXTENSIONS), "Comma-separated file extensions to register.", SCAN)
+    extensions: tuple[str, ...] = setting(tuple(DEFAULT_EXTENSIONS), "Comma-separated file extensions to register.", SCAN + TUNE)
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,8 @@ OPTIONS: tuple[Option, ...] = (
     command_option("config", str, None, "YAML file of option: value, flat or in the guide's sections (flags win).", ALL),
     command_option("watch", bool, False, "Refresh live until Ctrl-C.", ("status",)),
     command_option("json", bool, False, "Print one JSON object.", ("status",)),
+    command_option("sample", int, 32, "Videos to measure: a seeded random sample of the job's.", TUNE),
+    command_option("out", str, None, "Config file to write.", TUNE),
 )
 check_table(OPTIONS)
 _BY_NAME = {o.name: o for o in OPTIONS}
