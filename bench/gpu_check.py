@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -571,7 +572,8 @@ def make_videos(ctx: Context) -> tuple[dict[str, Path], Path]:
     clip = Spec("v.mp4", 240, 1920, 1080, fps=30, gop=250, bframes=3) if ctx.cuda else Spec("v.mp4", 15, 128, 96)
     todo = [(str(ctx.work / "codecs" / f"{name}{Path(s.name).suffix}"), s, 1000 + i) for i, (name, s) in enumerate(codecs.items())]
     todo += [(str(ctx.work / "distinct" / f"clip{i:02d}.mp4"), clip, i) for i in range(distinct)]
-    with ProcessPoolExecutor(max(1, min(ctx.cores, len(todo)))) as pool:
+    # spawn, not fork: this process has asked CUDA for its devices already
+    with ProcessPoolExecutor(max(1, min(ctx.cores, len(todo))), mp_context=multiprocessing.get_context("spawn")) as pool:
         list(pool.map(_make, todo))
     job = ctx.work / "e2e-videos"
     job.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,7 @@ class Measured:
     encode_fps: dict[int, float]  # batch size (videos) -> frames/s, CPU: per encoder thread
     startup_s: float  # loading the model: paid once per run
     total_videos: int  # videos the whole job has left
+    worker_start_s: float = 0.0  # starting one decode process (spawn, imports), to its first video
 
 
 @dataclass
@@ -164,6 +165,22 @@ def measure_encode(loaded: Any, device: Device, num_frames: int, batch_sizes: tu
     return fps
 
 
+def measure_worker_start(job: JobSettings, geometry: Any, name: str, decode_wall: float) -> float:
+    """Seconds from starting one real decode process to its first result, less the video's
+    own decode: the per-worker cost a run pays before decoding (spawn, importing PyAV)."""
+    from pipeline.workers import DecodePool, DecodeSpec, Task
+
+    start = time.perf_counter()
+    pool = DecodePool(1, DecodeSpec(job.num_frames, geometry, job.resize, job.sampling))
+    try:
+        pool.submit(Task(0, name, 120.0))
+        while not pool.poll(0.2) and time.perf_counter() - start < 120:
+            pass
+    finally:
+        pool.close()
+    return max(0.0, time.perf_counter() - start - decode_wall)
+
+
 def measure(opts: Options, sample: int, seed: int = 0) -> Measured:
     """Everything the model needs, measured on `sample` of the job's videos."""
     from pipeline.models import load_model
@@ -193,8 +210,9 @@ def measure(opts: Options, sample: int, seed: int = 0) -> Measured:
         failed = bad if d == "cpu" else failed
     sizes = GPU_BATCH_SIZES if device.kind == "cuda" else CPU_BATCH_SIZES
     fps = measure_encode(loaded, device, job.num_frames, sizes)
+    worker_start = measure_worker_start(job, geometry, chosen[0], wall_s["cpu"])
     return Measured(str(device), len(devices), opts.run.core_count(), job.num_frames, len(chosen), failed,
-                    cpu_s, wall_s, fps, startup, total)
+                    cpu_s, wall_s, fps, startup, total, worker_start)
 
 
 def job_time(m: Measured, decoder: str, workers: int, batch: int) -> tuple[float, str]:
@@ -218,11 +236,13 @@ def job_time(m: Measured, decoder: str, workers: int, batch: int) -> tuple[float
     encode = v * m.num_frames / enc_fps
     stages = {"decode": decode, "encode": encode}
     if m.device == "cpu":
-        stages["cores"] = v * (d_cpu + m.num_frames / m.encode_fps[batch]) / m.cores
+        # Starting each worker is CPU work too (spawn, imports), on the same cores.
+        work = v * (d_cpu + m.num_frames / m.encode_fps[batch]) + workers * m.worker_start_s
+        stages["cores"] = work / m.cores
     limit = max(stages, key=stages.get)  # type: ignore[arg-type]
     b = min(batch, v)
     tail = min(b * per_worker / workers, b * m.num_frames / enc_fps)
-    return stages[limit] + tail, limit
+    return stages[limit] + tail + m.worker_start_s, limit
 
 
 def recommend(m: Measured, gpu: str) -> Recommendation:
@@ -259,6 +279,7 @@ def config_text(r: Recommendation, output_dir: str | None, cores_given: bool = F
           for d in m.decode_cpu_s),
         *(f"#   encode batch {b}: {fps:.0f} frames/s" + (" per thread" if m.device == "cpu" else "")
           for b, fps in sorted(m.encode_fps.items())),
+        f"#   starting a decode worker: {m.worker_start_s:.1f} s",
         f"# Expected: {r.videos_per_s:.2f} videos/s ({r.limit}-bound), {format_seconds(r.job_seconds)} "
         f"for the job's {m.total_videos} videos.",
     ]
@@ -308,6 +329,7 @@ def summary(r: Recommendation, path: Path) -> list[str]:
         lines.append(f"  decode {d}: {m.decode_cpu_s[d]:.3f} CPU s per video per core ({m.decode_wall_s[d]:.3f} s wall)")
     unit = " per encoder thread" if m.device == "cpu" else ""
     lines.append("  encode: " + ", ".join(f"batch {b}: {f:.0f} frames/s" for b, f in sorted(m.encode_fps.items())) + unit)
+    lines.append(f"  starting a decode worker: {m.worker_start_s:.1f} s")
     lines.append(f"recommended: --num-workers {r.num_workers} --decode-threads {r.decode_threads} --decoder {r.decoder} "
                  f"--batch-size {r.batch_size} --gpu {r.gpu}")
     lines.append(f"expected: {r.videos_per_s:.2f} videos/s ({r.limit}-bound), {format_seconds(r.job_seconds)} for "
