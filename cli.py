@@ -139,6 +139,15 @@ def report(config: str | None, out: str | None, **flags: Any) -> None:
     commands.report(resolve(flags, config), out=out)
 
 
+@app.command()
+@command(OPTIONS, "tune")
+def tune(config: str | None, sample: int, out: str | None, **flags: Any) -> None:
+    """Measure decode and encode on a sample of the job's videos; write the settings to run with."""
+    from pipeline import commands
+
+    commands.tune(resolve(flags, config), sample, out)
+
+
 def main(argv: list[str] | None = None, command_app: typer.Typer = app, prog_name: str = "cli.py") -> int:
     """Run a command; bad input is one `error:` line on stderr (usage: exit 2, the pipeline's: 1)."""
     try:

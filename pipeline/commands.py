@@ -131,6 +131,15 @@ def dedup(opts: Options, as_json: bool, threshold: float, out: str | None) -> No
                   f"(largest {largest})" + (f"; written to {written}" if written else ""))
 
 
+def tune(opts: Options, sample: int, out: str | None) -> None:
+    """Measure this box on a sample of the job's videos; print and write the recommended settings."""
+    from pipeline.tune import summary, tune as tune_job
+
+    rec, path = tune_job(opts, sample, out)
+    for line in summary(rec, path):
+        console.print(line)
+
+
 def extract(opts: Options) -> int:
     """scan, run, export. The devices are resolved first, so a GPU that is not there is an
     error before anything is scanned or created."""

@@ -27,7 +27,7 @@ from typing import Annotated, Any, Callable, Optional, Sequence
 from pipeline.errors import PipelineError
 
 # The commands. `extract` is scan, run and export in one go, so it takes all of their options.
-COMMANDS = ("scan", "run", "status", "export", "extract")
+COMMANDS = ("scan", "run", "status", "export", "extract", "tune")
 COMMANDS += ("verify", "probe", "plot", "report")  # issue 13: checking and using the features
 COMMANDS += ("index", "search", "dedup")  # after the run: the job's features put to use
 EXTRACT_OF = frozenset({"scan", "run", "export"})

@@ -52,10 +52,11 @@ def available_cores() -> int:
 BEFORE_SETTING_EXISTED = {"resize": "pil"}
 
 # Which commands take which options as flags (`extract` takes every option of scan, run and export).
-ALL = ("scan", "run", "status", "export")
+ALL = ("scan", "run", "status", "export", "tune")
 ALL += ("index", "search", "dedup")
 SCAN, RUN, EXPORT = ("scan",), ("run",), ("export",)
-JOB = ("scan", "run")  # run takes them too, to check them against the job's
+JOB = ("scan", "run", "tune")  # run and tune take them too, to check them against the job's
+TUNE = ("tune",)  # tune measures a job (or a folder's videos) on the run's device and cores
 ANALYSIS = ("verify", "probe", "plot", "report")  # they read a job: --output-dir, --db, --config
 ALL += ANALYSIS
 
@@ -96,7 +97,7 @@ class RunSettings:
     """How one run goes. Free to change between runs of the same job."""
 
     gpu: str = setting(
-        "auto", "auto, cpu, a CUDA device index, or several (0,1 / all / cpu,cpu: one engine each).", RUN,
+        "auto", "auto, cpu, a CUDA device index, or several (0,1 / all / cpu,cpu: one engine each).", RUN + TUNE,
         aliases=("gpu_id",),
     )
     executor: str = setting(
@@ -120,7 +121,7 @@ class RunSettings:
     decode_threads: int = setting(
         0, "FFmpeg threads per decode worker.", RUN, minimum=0, default_text="cores / workers"
     )
-    cores: int = setting(0, "CPU cores the run may use.", RUN, minimum=0, default_text="all it may run on")
+    cores: int = setting(0, "CPU cores the run may use.", RUN + TUNE, minimum=0, default_text="all it may run on")
     decoder: str = setting(
         "cpu", "cpu, or nvdec: decode on the run's GPU, falling back to the CPU per video.", RUN, choices=DECODERS
     )
@@ -181,7 +182,7 @@ class Paths:
     """Where the job lives. Not part of the job's identity."""
 
     video_dir: tuple[str, ...] = setting(
-        (), "Folder searched recursively for videos, a .zip/.tar archive, or a folder of them (repeatable).", SCAN,
+        (), "Folder searched recursively for videos, a .zip/.tar archive, or a folder of them (repeatable).", SCAN + TUNE,
         repeat=True,
     )
     video_list: tuple[str, ...] = setting(
@@ -190,7 +191,7 @@ class Paths:
     )
     output_dir: str = setting("features", "The job's directory.", ALL)
     db: str | None = setting(None, "Manifest database URL.", ALL, default_text="OUTPUT_DIR/manifest.sqlite")
-    extensions: tuple[str, ...] = setting(tuple(DEFAULT_EXTENSIONS), "Comma-separated file extensions to register.", SCAN)
+    extensions: tuple[str, ...] = setting(tuple(DEFAULT_EXTENSIONS), "Comma-separated file extensions to register.", SCAN + TUNE)
 
 
 @dataclass(frozen=True)
@@ -233,8 +234,8 @@ OPTIONS: tuple[Option, ...] = (
     command_option("predict", bool, False, "Score the job's videos with the classifier `probe --labels` saved.", ("probe",)),
     command_option(
         "out", str, None,
-        "Where to write: probe --predict's CSV, plot's folder, report's HTML, dedup's FILE.csv or FILE.json.",
-        ("probe", "plot", "report", "dedup"),
+        "Where to write: probe --predict's CSV, plot's folder, report's HTML, dedup's FILE.csv or FILE.json, tune's config file.",
+        ("probe", "plot", "report", "dedup", "tune"),
     ),
     # index, search, dedup (pipeline/index.py, search.py, dedup.py): flags of the commands, not settings.
     command_option("rebuild", bool, False, "Build the index anew instead of extending it.", ("index",)),
@@ -243,6 +244,7 @@ OPTIONS: tuple[Option, ...] = (
     command_option("video", str, None, "Find the videos nearest this one: a done video (path or file name) or a new file.", ("search",)),
     command_option("top_k", int, 10, "How many videos to list.", ("search",)),
     command_option("threshold", float, 0.95, "Cosine from which two videos are near-duplicates.", ("dedup",)),
+    command_option("sample", int, 32, "Videos to measure: a seeded random sample of the job's.", TUNE),
 )
 check_table(OPTIONS)
 _BY_NAME = {o.name: o for o in OPTIONS}
