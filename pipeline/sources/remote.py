@@ -262,6 +262,9 @@ class RemoteStore(Source):
         """One named video's size and change stamp (for lists of paths or URLs); raises OSError with the reason."""
         try:
             check_url(name)
+        except PipelineError as e:  # credentials in it, or its package missing: the words as they are
+            raise OSError(str(e)) from None
+        try:
             info = _filesystem(name).info(name)
         except Exception as e:
             raise OSError(str(reason_of(e, name))) from None
