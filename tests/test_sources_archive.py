@@ -108,11 +108,12 @@ def _layout(tmp: Path, url: str) -> dict:
     lists.mkdir()
     rows = {kind: [str(copies[kind] / n) for n in CLIPS] for kind in copies}
     host = url.split("://", 1)[1]
-    urls = {"ok": f"{url}/src/{CLIPS[1]}", "gone": f"{url}/src/gone.mp4",
+    urls = {"ok": f"{url}/src/{CLIPS[1]}", "gone": f"{url}/src/gone.mp4", "member": f"{url}/stored.zip::{CLIPS[0]}",
+            "archive": f"{url}/stored.zip",
             "secret": f"http://lister:{SECRET}@{host}/src/{CLIPS[0]}", "masked": f"http://***@{host}/src/{CLIPS[0]}"}
     (lists / "videos.txt").write_text("# copies\n\n" + "\n".join(rows["txt"][:2]) + "\n"
                                       + f"../copies/txt/{CLIPS[2]}\n"  # relative to the list's folder
-                                      + "\n".join([urls["ok"], urls["gone"], urls["secret"]]) + "\n")
+                                      + "\n".join([urls["ok"], urls["gone"], urls["secret"], urls["member"]]) + "\n")
     with open(lists / "videos.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["label", "path"])
@@ -128,6 +129,7 @@ def _layout(tmp: Path, url: str) -> dict:
     same.update({f"{parts / 'dfdc_train_part_0.zip'}::dfdc_train_part_0/{Path(n).name}": str(src / n) for n in CLIPS[:2]})
     same[str(parts / "loose.mp4")] = str(src / CLIPS[2])
     same[urls["ok"]] = str(src / CLIPS[1])
+    same[urls["member"]] = str(src / CLIPS[0])  # a member of an archive reached over HTTP
     for kind in copies:
         same.update({str(copies[kind] / n): str(src / n) for n in CLIPS})
     return {"tmp": tmp, "src": src, "stored": stored, "deflated": deflated, "tar": tar, "parts": parts,
@@ -154,7 +156,7 @@ def test_scan_reports_each_location(layout: dict, job: dict) -> None:
         f"scanned {layout['deflated']}: 4 videos found, 4 new, 0 changed, 0 vanished, 0 back",
         f"scanned {layout['tar']}: 3 videos found, 3 new, 0 changed, 0 vanished, 0 back",
         f"scanned {layout['parts']}: 3 videos found, 3 new, 0 changed, 0 vanished, 0 back",
-        f"scanned {layout['lists'][0]}: 4 videos found, 4 new, 0 changed, 0 vanished, 0 back, 2 unreadable entries (see log)",
+        f"scanned {layout['lists'][0]}: 5 videos found, 5 new, 0 changed, 0 vanished, 0 back, 2 unreadable entries (see log)",
         f"scanned {layout['lists'][1]}: 3 videos found, 3 new, 0 changed, 0 vanished, 0 back, 1 unreadable entries (see log)",
         f"scanned {layout['lists'][2]}: 3 videos found, 3 new, 0 changed, 0 vanished, 0 back",
     ]
@@ -214,6 +216,17 @@ def test_corrupt_archive_is_an_unreadable_entry(tmp_path: Path) -> None:
     assert errors == [f"{bad}: BadZipFile: File is not a zip file"]
     with pytest.raises(OSError, match="cannot read archive: BadZipFile"):
         stat_video(f"{bad}::x.mp4")  # a list row naming a member of it
+
+
+def test_a_remote_archive_lists_its_members_by_url(layout: dict) -> None:
+    """`--video-dir https://host/part.zip`: the same members as the local file, named URL::MEMBER."""
+    url = layout["urls"]["archive"]
+    errors: list[str] = []
+    got = {e.name: (e.size, e.mtime_ns) for e in source_for(url).entries(EXTS, errors)}
+    local = {e.name.replace(str(layout["stored"]), url, 1): (e.size, e.mtime_ns)
+             for e in source_for(str(layout["stored"])).entries(EXTS, [])}
+    assert errors == [] and got == local and len(got) == len(CLIPS) + 1
+    assert stat_video(f"{url}::{CLIPS[0]}").size == (layout["src"] / CLIPS[0]).stat().st_size
 
 
 def rows_by_status(out: Path) -> dict[str, str]:
