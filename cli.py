@@ -30,7 +30,7 @@ extract_app = typer.Typer(**_APP)
 @app.command()
 @command(OPTIONS, "scan")
 def scan(config: str | None, **flags: Any) -> None:
-    """Register every video under --video-dir in the job's manifest (creates the job)."""
+    """Register every video of every location (each --video-dir, each --video-list) in the job's manifest (creates the job)."""
     from pipeline import commands
 
     commands.scan(resolve(flags, config))

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 CLAIM_SECONDS = 4.0  # claim about this much work at a time...
 MAX_CLAIM = 1024  # ...but never more rows than this
 DOWN_AFTER = 5  # the run's first this many opens failing for one endpoint reason, none succeeding,
-DOWN_WITHIN = 60.0  # within this many seconds of its start: the endpoint is down (docs/design/remote.md)
+DOWN_WITHIN = 60.0  # within this many seconds of its start: the endpoint is down (docs/design/sources.md, Remote)
 
 
 def claim_size(batch_size: int, capacity: int, videos_per_s: float) -> int:

@@ -2,7 +2,7 @@
 
 One job is scanned from a folder, a stored zip, a deflated zip, a tar, a folder holding a
 DFDC-like part, and three lists (txt, csv, parquet) at once, and run once: each member and
-each listed copy must have the feature of the same bytes in the folder, the corrupt
+each listed copy (a local path or an http URL) must have the feature of the same bytes in the folder, the corrupt
 members fail with their reasons while the others are done, and the names are
 `ARCHIVE::MEMBER` in the manifest, status, the export and load_features. Rescans of a
 changed archive and of a shortened list are diffed in process; one small SIGKILL case
@@ -16,6 +16,7 @@ import json
 import tarfile
 import time
 import zipfile
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from pipeline.samples import Spec, frame_image, make_clips, make_video
 from pipeline.scanner import scan_all
 from pipeline.sources import source_for, stat_video
 from tests.conftest import cli, cosine_rows, kill_group, model_args
+from tests.remote_servers import SECRET, http_server
 from tests.test_cli import main_in_process  # noqa: F401 - the fixture: cli.main in this process
 
 CLIPS = ["a.mp4", "nested/deep/b.mp4", "ünïcødé/çlip.mkv"]
@@ -62,9 +64,17 @@ def damage_member(archive: Path, member: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def layout(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Every kind of location over the same three clips, plus what must be skipped or fail."""
+def layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """Every kind of location over the same three clips, plus what must be skipped or fail.
+
+    The folder is also served over HTTP (Range, tests/remote_servers.py) for the text
+    list's URL rows, for as long as the module's job needs it."""
     tmp = tmp_path_factory.mktemp("sources")
+    with http_server(tmp) as server:
+        yield _layout(tmp, server.url)
+
+
+def _layout(tmp: Path, url: str) -> dict:
     src = tmp / "src"
     for k, name in enumerate(CLIPS):
         make_clip(src / name, k)
@@ -97,8 +107,13 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> dict:
     lists = tmp / "lists"
     lists.mkdir()
     rows = {kind: [str(copies[kind] / n) for n in CLIPS] for kind in copies}
+    host = url.split("://", 1)[1]
+    urls = {"ok": f"{url}/src/{CLIPS[1]}", "gone": f"{url}/src/gone.mp4", "member": f"{url}/stored.zip::{CLIPS[0]}",
+            "archive": f"{url}/stored.zip",
+            "secret": f"http://lister:{SECRET}@{host}/src/{CLIPS[0]}", "masked": f"http://***@{host}/src/{CLIPS[0]}"}
     (lists / "videos.txt").write_text("# copies\n\n" + "\n".join(rows["txt"][:2]) + "\n"
-                                      + f"../copies/txt/{CLIPS[2]}\n")  # relative to the list's folder
+                                      + f"../copies/txt/{CLIPS[2]}\n"  # relative to the list's folder
+                                      + "\n".join([urls["ok"], urls["gone"], urls["secret"], urls["member"]]) + "\n")
     with open(lists / "videos.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["label", "path"])
@@ -113,11 +128,13 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> dict:
         same.update({f"{archive}::{prefix}{n}": str(src / n) for n in CLIPS})
     same.update({f"{parts / 'dfdc_train_part_0.zip'}::dfdc_train_part_0/{Path(n).name}": str(src / n) for n in CLIPS[:2]})
     same[str(parts / "loose.mp4")] = str(src / CLIPS[2])
+    same[urls["ok"]] = str(src / CLIPS[1])
+    same[urls["member"]] = str(src / CLIPS[0])  # a member of an archive reached over HTTP
     for kind in copies:
         same.update({str(copies[kind] / n): str(src / n) for n in CLIPS})
     return {"tmp": tmp, "src": src, "stored": stored, "deflated": deflated, "tar": tar, "parts": parts,
             "lists": [lists / "videos.txt", lists / "videos.csv", lists / "videos.parquet"], "same": same,
-            "missing": str(tmp / "missing.mp4")}
+            "missing": str(tmp / "missing.mp4"), "urls": urls}
 
 
 @pytest.fixture(scope="module")
@@ -139,12 +156,20 @@ def test_scan_reports_each_location(layout: dict, job: dict) -> None:
         f"scanned {layout['deflated']}: 4 videos found, 4 new, 0 changed, 0 vanished, 0 back",
         f"scanned {layout['tar']}: 3 videos found, 3 new, 0 changed, 0 vanished, 0 back",
         f"scanned {layout['parts']}: 3 videos found, 3 new, 0 changed, 0 vanished, 0 back",
-        f"scanned {layout['lists'][0]}: 3 videos found, 3 new, 0 changed, 0 vanished, 0 back",
+        f"scanned {layout['lists'][0]}: 5 videos found, 5 new, 0 changed, 0 vanished, 0 back, 2 unreadable entries (see log)",
         f"scanned {layout['lists'][1]}: 3 videos found, 3 new, 0 changed, 0 vanished, 0 back, 1 unreadable entries (see log)",
         f"scanned {layout['lists'][2]}: 3 videos found, 3 new, 0 changed, 0 vanished, 0 back",
     ]
     log = "".join(p.read_text() for p in (job["out"] / "logs").glob("scan-*.log"))
     assert f"cannot read {layout['missing']}: No such file or directory" in log
+    # URL rows: a 404 is an unreadable entry with its reason; one with credentials is refused
+    # masked, as RemoteStore refuses `--video-dir URL`, and no file of the job holds the secret.
+    urls = layout["urls"]
+    assert f"cannot read {urls['gone']}: 404 not found" in log
+    assert f"cannot read {urls['masked']}: credentials in a URL (user:password) are not accepted" in log
+    files = [p for p in job["out"].rglob("*") if p.is_file()]
+    assert any(p.parent.name == "lists" for p in files)
+    assert not [p for p in files if SECRET.encode() in p.read_bytes()] and SECRET not in job["scan"].stderr
 
 
 def test_members_have_the_features_of_the_same_files(layout: dict, job: dict) -> None:
@@ -191,6 +216,17 @@ def test_corrupt_archive_is_an_unreadable_entry(tmp_path: Path) -> None:
     assert errors == [f"{bad}: BadZipFile: File is not a zip file"]
     with pytest.raises(OSError, match="cannot read archive: BadZipFile"):
         stat_video(f"{bad}::x.mp4")  # a list row naming a member of it
+
+
+def test_a_remote_archive_lists_its_members_by_url(layout: dict) -> None:
+    """`--video-dir https://host/part.zip`: the same members as the local file, named URL::MEMBER."""
+    url = layout["urls"]["archive"]
+    errors: list[str] = []
+    got = {e.name: (e.size, e.mtime_ns) for e in source_for(url).entries(EXTS, errors)}
+    local = {e.name.replace(str(layout["stored"]), url, 1): (e.size, e.mtime_ns)
+             for e in source_for(str(layout["stored"])).entries(EXTS, [])}
+    assert errors == [] and got == local and len(got) == len(CLIPS) + 1
+    assert stat_video(f"{url}::{CLIPS[0]}").size == (layout["src"] / CLIPS[0]).stat().st_size
 
 
 def rows_by_status(out: Path) -> dict[str, str]:

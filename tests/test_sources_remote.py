@@ -9,6 +9,7 @@ anywhere, and a run whose endpoint is down stopping with one line and charging n
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,19 @@ def test_s3_bucket_like_a_local_folder(tmp_path: Path, tiny_model: dict[str, str
         finally:
             manifest.close()
         assert (rescan.new, rescan.changed, rescan.vanished) == (0, 1, 1)  # a.mp4 changed, gone.mp4 vanished
+
+        # One archive in the bucket (DFDC's parts): its members named s3://...zip::MEMBER, read in place.
+        part = tmp_path / "part_0.zip"
+        with zipfile.ZipFile(part, "w", zipfile.ZIP_STORED) as zf:
+            for name in CLIPS[:2]:
+                zf.write(local / name, name)
+            zf.writestr("metadata.json", "{}")
+        client.upload_file(str(part), "vids", "zips/part_0.zip")
+        errors: list[str] = []
+        members = [e.name for e in source_for("s3://vids/zips/part_0.zip").entries(("mp4", "mkv"), errors)]
+        assert errors == [] and members == [f"s3://vids/zips/part_0.zip::{n}" for n in CLIPS[:2]]
+        got, want_frames = sample_frames(open_video(members[1]), 4), sample_frames(str(local / CLIPS[1]), 4)
+        assert got.indices == want_frames.indices and all(np.array_equal(x, y) for x, y in zip(got.frames, want_frames.frames))
     assert_no_secret(out)
 
 

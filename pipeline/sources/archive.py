@@ -12,6 +12,11 @@ member or a plain tar member is a window on the archive file itself (its byte ra
 read in place, seeks are free); a deflated zip member is zipfile's own stream (seeking
 back decompresses again from its start); a member of a compressed tar is a window on
 the decompressed stream (the same). Nothing is read whole into memory.
+
+An archive may also be a URL (`s3://bucket/part_0.zip`, `https://host/part_0.zip`: one
+archive, not a prefix of them): it is read through RemoteStore's seekable, block-cached
+file (or its --cache-dir copy), so a stored member is a window on the remote object's
+ranges and its name is `URL::MEMBER`.
 """
 
 from __future__ import annotations
@@ -71,6 +76,34 @@ def member_name(archive: str, member: str) -> str:
     return f"{archive}{SEPARATOR}{member}"
 
 
+def is_remote(archive: str) -> bool:
+    from pipeline.sources.remote import SCHEMES, scheme_of
+
+    return scheme_of(archive) in SCHEMES
+
+
+def _open_archive(archive: str) -> IO[bytes]:
+    """The archive file itself: a local file, or the remote object through RemoteStore's
+    block cache (its failures are RemoteError, a PipelineError with the reason)."""
+    if is_remote(archive):
+        from pipeline.sources.remote import RemoteStore
+
+        f = RemoteStore.open(archive)
+        return open(f, "rb", buffering=0) if isinstance(f, str) else f  # str: a --cache-dir copy
+    return open(archive, "rb", buffering=0)
+
+
+def _identity(archive: str) -> tuple[str, int, int, int]:
+    """What changes when the archive is replaced: inode, size, mtime; a remote one's size and ETag stamp."""
+    if is_remote(archive):
+        from pipeline.sources.remote import RemoteStore
+
+        e = RemoteStore.stat(archive)  # OSError with the reason
+        return (archive, 0, e.size, e.mtime_ns)
+    st = os.stat(archive)
+    return (archive, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 @dataclass(frozen=True)
 class Member:
     """Where one regular member's bytes are, and its stamp for the rescan diff."""
@@ -100,7 +133,7 @@ def _read_members(archive: str) -> dict[str, Member]:
     lower = archive.lower()
     members: dict[str, Member] = {}
     if lower.endswith(ZIP):
-        with zipfile.ZipFile(archive) as zf:
+        with _open_archive(archive) as f, zipfile.ZipFile(f) as zf:
             for info in zf.infolist():
                 if info.is_dir():
                     continue
@@ -109,7 +142,7 @@ def _read_members(archive: str) -> dict[str, Member]:
                     info.compress_type == zipfile.ZIP_STORED, bool(info.flag_bits & 0x1),
                 )
         return members
-    with tarfile.open(archive, "r:gz" if lower.endswith(GZIP_TAR) else "r:") as tf:
+    with _open_archive(archive) as f, tarfile.open(fileobj=f, mode="r:gz" if lower.endswith(GZIP_TAR) else "r:") as tf:
         for info in tf:
             if info.isreg():
                 members[info.name] = Member(info.name, info.size, int(info.mtime) * 1_000_000_000, info.offset_data, True)
@@ -124,8 +157,7 @@ _CACHE_SIZE = 8
 
 
 def members_of(archive: str) -> dict[str, Member]:
-    st = os.stat(archive)
-    key = (archive, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = _identity(archive)
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
@@ -137,6 +169,8 @@ def members_of(archive: str) -> dict[str, Member]:
 
 
 def _reason(e: BaseException) -> str:
+    if isinstance(e, PipelineError):  # a remote archive's failure, already in words
+        return str(e)
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
     return f"{type(e).__name__}: {e}"
@@ -220,8 +254,8 @@ def open_member(archive: str, member: str) -> IO[bytes]:
         if archive.lower().endswith(ZIP):
             if not m.stored:  # deflated (or bzip2, lzma): zipfile's seekable stream, which
                 # keeps the archive open until it is closed, and checks the CRC at the end
-                return Window(zipfile.ZipFile(archive).open(member), 0, m.size, member)
-            raw = open(archive, "rb", buffering=0)
+                return Window(zipfile.ZipFile(_open_archive(archive)).open(member), 0, m.size, member)
+            raw = _open_archive(archive)
             raw.seek(m.start)
             header = raw.read(30)
             if len(header) < 30 or header[:4] != b"PK\x03\x04":
@@ -230,8 +264,8 @@ def open_member(archive: str, member: str) -> IO[bytes]:
             name_len, extra_len = struct.unpack("<HH", header[26:30])
             return Window(raw, m.start + 30 + name_len + extra_len, m.size, member)
         if archive.lower().endswith(GZIP_TAR):
-            return Window(gzip.open(archive, "rb"), m.start, m.size, member)
-        return Window(open(archive, "rb", buffering=0), m.start, m.size, member)
+            return Window(gzip.open(_open_archive(archive) if is_remote(archive) else archive, "rb"), m.start, m.size, member)
+        return Window(_open_archive(archive), m.start, m.size, member)
     except FileNotFoundError:
         raise PipelineError("archive not found (vanished since the scan?)") from None
     except (OSError, zipfile.BadZipFile, NotImplementedError) as e:
@@ -272,10 +306,17 @@ class ArchiveSource(Source):
 
     def __init__(self, location: str) -> None:
         super().__init__(location)
+        self.url = location if is_remote(location) else None  # one remote archive
+        if self.url is not None:
+            from pipeline.sources.remote import check_url
+
+            check_url(location)  # credentials in it: refused at the door, as RemoteStore does
         self.root = Path(os.path.abspath(Path(location).expanduser()))
 
     @classmethod
     def accepts(cls, location: str) -> bool:
+        if is_remote(location):
+            return is_archive(location)
         p = Path(location).expanduser()
         if p.is_file():
             return is_archive(str(p))
@@ -286,7 +327,7 @@ class ArchiveSource(Source):
     def _archive_entries(self, archive: str, extensions: tuple[str, ...], errors: list[str]) -> Iterator[Entry]:
         try:
             members = members_of(archive)
-        except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
+        except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError, PipelineError) as e:
             errors.append(f"{archive}: {_reason(e)}")
             return
         for m in members.values():
@@ -294,6 +335,9 @@ class ArchiveSource(Source):
                 yield Entry(member_name(archive, m.name), m.size, m.stamp)
 
     def entries(self, extensions: tuple[str, ...], errors: list[str]) -> Iterator[Entry]:
+        if self.url is not None:
+            yield from self._archive_entries(self.url, extensions, errors)
+            return
         if self.root.is_file():
             yield from self._archive_entries(str(self.root), extensions, errors)
             return
@@ -305,6 +349,8 @@ class ArchiveSource(Source):
                 yield Entry(path, size, mtime)
 
     def contains(self, name: str) -> bool:
+        if self.url is not None:
+            return name.startswith(self.url + SEPARATOR)
         if self.root.is_file():
             return name.startswith(str(self.root) + SEPARATOR)
         return name.startswith(str(self.root).rstrip(os.sep) + os.sep)
@@ -328,7 +374,7 @@ class ArchiveSource(Source):
             raise OSError(f"not an archive member: {name}")
         try:
             m = members_of(parts[0]).get(parts[1])
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, PipelineError) as e:
             raise OSError(f"cannot read archive: {_reason(e)}") from None
         if m is None:
             raise OSError("no such member in the archive")

@@ -3,7 +3,8 @@
 `scan --video-list FILE` registers every row by name: a local path as LocalFolder names
 files (absolute; a relative row is taken relative to the list's own folder, so a rescan
 from elsewhere names it the same), an `ARCHIVE::MEMBER` row likewise, and a URL as it is
-written. Each row's size and change stamp come from the kind of source that owns its
+written (a URL holding credentials is refused, masked, as `--video-dir` refuses it:
+pipeline/sources/redact.py). Each row's size and change stamp come from the kind of source that owns its
 name (`stat_video`); a row that cannot be stat'ed is one of the scan's unreadable entries,
 with its reason. Text files skip blank lines and `#` comments; a CSV or parquet file
 takes its column `path` or `url` (in that order, any case), else its first column.
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.sources.base import Entry, Source
+from pipeline.sources.redact import redact
 
 SUFFIXES = (".txt", ".csv", ".parquet")
 COLUMNS = ("path", "url")
@@ -34,6 +36,20 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 def is_url(row: str) -> bool:
     return bool(_URL.match(row))
+
+
+def _refused(url: str) -> str | None:
+    """Why a URL row cannot be a video's name (credentials in it, its fsspec package missing),
+    masked, by RemoteStore's own check, as `--video-dir URL` refuses it; None if it can."""
+    from pipeline.sources.remote import SCHEMES, check_url, scheme_of
+
+    if scheme_of(url) not in SCHEMES:
+        return None  # no source owns it: stat_video says so
+    try:
+        check_url(url)
+    except PipelineError as e:
+        return str(e)
+    return None
 
 
 def _column(names: list[str]) -> int:
@@ -112,12 +128,15 @@ class VideoList(Source):
             name = self.name_of(row)
             if name in seen:
                 continue
+            if is_url(name) and (refused := _refused(name)):
+                errors.append(refused)  # never registered, nor remembered in OUT/lists/
+                continue
             seen.add(name)
             self.listed.append(name)
             try:
                 yield stat_video(name)
             except OSError as e:
-                errors.append(f"{name}: {e.strerror or e}")
+                errors.append(f"{redact(name)}: {e.strerror or e}")
 
     def contains(self, name: str) -> bool:
         """What it listed at its last scan (recall) or lists now."""

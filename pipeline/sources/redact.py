@@ -1,4 +1,4 @@
-"""Credentials in URLs: found, masked for showing, refused as names (docs/design/remote.md).
+"""Credentials in URLs: found, masked for showing, refused as names (docs/design/sources.md, Remote).
 
 A video's name is stored in the manifest and opened by it later, so a name cannot hold a
 secret that is masked when stored. Remote names therefore never carry credentials: a URL

@@ -7,7 +7,7 @@ of any object, the decoder's seeks read only the blocks they touch, and no block
 cache holds is fetched twice. An object is copied whole only where `--cache-dir` asks for
 local copies (atomic, reused by later opens). Failures are the video's, in words
 (RemoteError); the reasons that speak of the endpoint rather than the object let the
-engine stop a run whose endpoint is down (docs/design/remote.md).
+engine stop a run whose endpoint is down (docs/design/sources.md, Remote).
 """
 
 from __future__ import annotations
@@ -262,6 +262,9 @@ class RemoteStore(Source):
         """One named video's size and change stamp (for lists of paths or URLs); raises OSError with the reason."""
         try:
             check_url(name)
+        except PipelineError as e:  # credentials in it, or its package missing: the words as they are
+            raise OSError(str(e)) from None
+        try:
             info = _filesystem(name).info(name)
         except Exception as e:
             raise OSError(str(reason_of(e, name))) from None
