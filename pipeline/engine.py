@@ -75,12 +75,12 @@ def run_engine(
 ) -> RunSummary:
     """The run loop on device `on`; `engine`: one of several under an executor, which shows progress.
 
-    Start-up is ordered so that decoding starts first: the job is checked, the run
-    registered, its decode workers started and fed their first claims, and only then
-    torch and the model load, in a thread, while the loop decodes, heartbeats and
-    listens for stops (docs/design/startup.md). The workers need the crop geometry
-    before the model exists: the job's recorded one, else the family's hint, checked
-    against the loaded model before any crop is encoded.
+    Start-up overlaps decoding with the model: once the job is checked, torch and the
+    model load in a thread while this one registers the run, starts the decode workers
+    and runs the loop, which claims, decodes, heartbeats and listens for stops until the
+    model is there (docs/design/startup.md). The workers need the crop geometry before
+    the model exists: the job's recorded one, else the family's hint, checked against
+    the loaded model before any crop is encoded.
     """
     began = time.monotonic()
     out = Path(opts.paths.output_dir)
