@@ -49,9 +49,10 @@ def scan(opts: Options) -> None:
 
 def run(opts: Options, devices: list[Device] | None = None) -> int:
     """`devices`: --gpu already resolved (by extract); otherwise the run resolves it."""
+    from pipeline.engine import idle_run
     from pipeline.executors import run as run_job
 
-    s = run_job(opts, devices)
+    s = idle_run(opts) or run_job(opts, devices)  # nothing to do: answered without torch or a model
     rate = s.done / s.seconds if s.seconds > 0 else 0.0
     console.print(f"run {s.state}: {s.done} done, {s.failed} failed, {s.retried} retries, "
                   f"{rate:.2f} videos/s; log: {s.log_path}")

@@ -10,9 +10,13 @@ on a clean stop; after a hard kill the next run gives it back (Manifest.reap).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,18 +30,22 @@ from pipeline.fingerprint import record as record_fingerprint
 from pipeline.logs import start_log
 from pipeline.manifest import Claim, Manifest, open_manifest
 from pipeline.metrics import Metrics, NullMetrics
+from pipeline.preprocess import Geometry
 from pipeline.progress import RunProgress
-from pipeline.settings import Options
+from pipeline.settings import JobSettings, Options
 from pipeline.signals import StopRequest
 from pipeline.workers import DecodePool, DecodeSpec, Result, Task
 from pipeline.writer import ShardWriter
 
 if TYPE_CHECKING:
     from pipeline.encoder import Encoder, InFlight
+    from pipeline.models import Model
 
 log = logging.getLogger(__name__)
 
 
+GEOMETRY_SETTING = "geometry"  # the crop geometry of the job's model, recorded by the first run that loads it
+LOAD_DELAY_ENV = "CLIPFEAT_TEST_LOAD_DELAY"  # fault injection for tests: seconds the model load waits first
 CLAIM_SECONDS = 4.0  # claim about this much work at a time...
 MAX_CLAIM = 1024  # ...but never more rows than this
 DOWN_AFTER = 5  # the run's first this many opens failing for one endpoint reason, none succeeding,
@@ -69,53 +77,75 @@ class RunSummary:
 def run_engine(
     opts: Options, on: Device, stop: StopRequest, log_path: Path | None = None, engine: bool = False
 ) -> RunSummary:
-    """The run loop on device `on`; `engine`: one of several under an executor, which shows progress."""
-    from pipeline.encoder import Encoder
-    from pipeline.models import load_model
+    """The run loop on device `on`; `engine`: one of several under an executor, which shows progress.
 
+    Start-up overlaps decoding with the model: once the job is checked, torch and the
+    model load in a thread while this one registers the run, starts the decode workers
+    and runs the loop, which claims, decodes, heartbeats and listens for stops until the
+    model is there (docs/design/startup.md). The workers need the crop geometry before
+    the model exists: the job's recorded one, else the family's hint, checked against
+    the loaded model before any crop is encoded.
+    """
+    began = time.monotonic()
     out = Path(opts.paths.output_dir)
     manifest = open_manifest(out, opts.paths.db)
     job = manifest.check_job(opts.asked_job)
-    device = on.torch()
     log_path = start_log(out, "run", log_path)
     warn_on_fallback(opts.run.gpu, on)
     metrics = Metrics.start(opts.run.metrics_port, str(on))  # before the model: a taken port fails fast
     if opts.run.retry_failed:
         log.info("retry-failed: %d failed rows back to pending", manifest.reset_failed())
-    loaded = load_model(job, device)
-    stored_dim = manifest.settings().get("dim")
-    if stored_dim is None:
-        manifest.set_setting("dim", str(loaded.dim))
-    elif int(stored_dim) != loaded.dim:
-        raise PipelineError(f"the model now gives {loaded.dim}-d features, the job has {stored_dim}-d ones")
-    fingerprint = record_fingerprint(manifest, job, loaded)  # a changed checkpoint is refused here
-
     workers = opts.run.workers()
-    get_decoder(opts.run.decoder).check(device)  # e.g. nvdec without a CUDA GPU: one line, before any worker
+    if (opts.run.decoder, on.kind) != ("cpu", "cpu"):  # the CPU decoder on the CPU needs no check (nor torch)
+        get_decoder(opts.run.decoder).check(on.torch())  # e.g. nvdec without a CUDA GPU: one line, before any worker
     if not engine:  # after the checks, so an error stays one line; one of several: the executor names them all
         announce([on], opts.run.gpu)
+    load = ModelLoad(job, on)
+    geometry = startup_geometry(manifest, job)
+    if geometry is None:  # nothing recorded nor hinted: the model decides, before any worker starts
+        log.info("start-up: no recorded geometry for this job's model: loading the model first")
+        geometry = load.wait().preprocess.geometry
+
+    def encoder_for(loaded: "Model") -> "Encoder":
+        """The loaded model checked against the job, its geometry recorded, on its device."""
+        from pipeline.encoder import Encoder
+
+        settings = manifest.settings()
+        stored_dim = settings.get("dim")
+        if stored_dim is None:
+            manifest.set_setting("dim", str(loaded.dim))
+        elif int(stored_dim) != loaded.dim:
+            raise PipelineError(f"the model now gives {loaded.dim}-d features, the job has {stored_dim}-d ones")
+        if settings.get(GEOMETRY_SETTING) != (text := loaded.preprocess.geometry.to_text()):
+            manifest.set_setting(GEOMETRY_SETTING, text)  # the next run's workers start with it
+        fingerprint = record_fingerprint(manifest, job, loaded)  # a changed checkpoint is refused here
+        loop.writer.extra["fingerprint"] = fingerprint  # each shard says what made it (pipeline/fingerprint.py)
+        device = on.torch()
+        cpu_threads = max(1, opts.run.core_count() - workers) if device.type == "cpu" else None
+        return Encoder(loaded, device, cpu_threads)
+
     spec = DecodeSpec(
-        job.num_frames, loaded.preprocess.geometry, job.resize, job.sampling, opts.run.threads_per_worker(),
-        opts.run.decoder, device.index or 0, opts.run.cache_dir,
+        job.num_frames, geometry, job.resize, job.sampling, opts.run.threads_per_worker(),
+        opts.run.decoder, on.index or 0, opts.run.cache_dir,
     )
-    cpu_threads = max(1, opts.run.core_count() - workers) if device.type == "cpu" else None
-    encoder = Encoder(loaded, device, cpu_threads)
-    run_id = manifest.register_run(str(device), opts.run.batch_size, workers)
+    run_id = manifest.register_run(str(on), opts.run.batch_size, workers)
     log.info("run %s on %s: job %s, batch %d, %d decode workers x %d FFmpeg threads, %s decoding",
-             run_id, device, job, opts.run.batch_size, workers, spec.threads, spec.decoder)
+             run_id, on, job, opts.run.batch_size, workers, spec.threads, spec.decoder)
     released = manifest.reap(opts.run.lease_seconds, opts.run.max_claims)
     if released:
         log.info("gave back %d rows claimed by runs that are gone", released)
 
-    loop = _Loop(opts, manifest, run_id, encoder, job.num_frames, job.save_frames, out)
-    loop.writer.extra["fingerprint"] = fingerprint  # each shard says what made it (pipeline/fingerprint.py)
+    loop = _Loop(opts, manifest, run_id, None, job.num_frames, job.save_frames, out)
+    loop.began, loop.encoder_for = began, encoder_for
     loop.metrics = metrics
-    pool = DecodePool(workers, spec)
+    loop.pool = DecodePool(workers, spec)
+    log.info("start-up: %d decode workers started %.2f s into the run%s", workers, time.monotonic() - began,
+             "" if load.done() else ", the model still loading")
     state, message = "crashed", None
     try:
         with RunProgress(manifest.counts(), job.num_frames, show=not engine) as progress:
             loop.progress = progress
-            loop.run(pool, stop)
+            loop.run(loop.pool, stop, load)
             state = "interrupted" if stop.requested else "finished"
     except PipelineError as e:
         state, message = "failed", str(e)
@@ -124,8 +154,8 @@ def run_engine(
         message = f"{type(e).__name__}: {e}"
         raise
     finally:
-        decoding = len(pool.drain())
-        pool.close()
+        decoding = len(loop.pool.drain())
+        loop.pool.close()
         back = manifest.release(run_id)
         manifest.end_run(run_id, state, message)
         log.info("run %s %s: %d done, %d failed, %d claims given back (%d were decoding)",
@@ -137,9 +167,99 @@ def run_engine(
     return RunSummary(run_id, loop.done, loop.failed, loop.retried, time.monotonic() - loop.started, state, log_path, others)
 
 
+def idle_run(opts: Options) -> RunSummary | None:
+    """A run with nothing to do, answered from the manifest alone; None when there is work.
+
+    Nothing pending and nothing running once the claims of runs that are gone are taken
+    back (as the run itself would), and no failed rows to retry: the summary a full run
+    would give, without importing torch, loading a model or starting a worker. The job's
+    settings are checked first, so a refused run is refused as quickly. Videos still
+    running under other live runs are theirs: reported as a full run reports them.
+    """
+    started = time.monotonic()
+    out = Path(opts.paths.output_dir)
+    manifest = open_manifest(out, opts.paths.db)
+    manifest.check_job(opts.asked_job)
+    counts = manifest.counts()
+    if counts["pending"] or (opts.run.retry_failed and counts["failed"]):
+        return None
+    if counts["running"] and manifest.reap(opts.run.lease_seconds, opts.run.max_claims):
+        return None  # claims of dead runs came back: there is work after all
+    counts = manifest.counts()
+    if counts["pending"]:
+        return None
+    log_path = start_log(out, "run")
+    log.info("nothing to run: %d done, %d failed, %d running under other runs; no model loaded",
+             counts["done"], counts["failed"], counts["running"])
+    return RunSummary("idle", 0, 0, 0, time.monotonic() - started, "finished", log_path, counts["running"])
+
+
+def startup_geometry(manifest: Manifest, job: JobSettings) -> Geometry | None:
+    """The crop geometry the decode workers start with: the one the job recorded when a
+    run last loaded its model, else the model family's hint (no torch), else None."""
+    from pipeline.models import geometry_hint
+
+    recorded = manifest.settings().get(GEOMETRY_SETTING)
+    return (Geometry.from_text(recorded) if recorded else None) or geometry_hint(job)
+
+
+class ModelLoad:
+    """Loads the job's model in a thread, so the run loop decodes, heartbeats (a 30 s
+    ViT-L load must not lose its leases) and hears stops meanwhile.
+
+    The thread imports torch and open_clip and builds the model; the engine takes the
+    model with `take()` in its own thread, which checks it and builds the encoder there
+    (the CUDA device is current per thread). A daemon thread: a stop during the load
+    does not wait for it.
+    """
+
+    def __init__(self, job: JobSettings, on: Device) -> None:
+        self.job, self.on = job, on
+        self.began = time.monotonic()
+        self.seconds: float | None = None  # how long the load took, once done
+        self._model: Model | None = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._load, name="model-load", daemon=True)
+        self._thread.start()
+
+    def _load(self) -> None:
+        try:
+            delay = float(os.environ.get(LOAD_DELAY_ENV, "0") or 0)
+            if delay > 0:  # tests: a slow model load (a ViT-L from a network disk)
+                log.info("%s: the model load waits %.1f s first", LOAD_DELAY_ENV, delay)
+                time.sleep(delay)
+            import pipeline.encoder  # noqa: F401 - torch imported here, off the run loop's thread
+            from pipeline.models import load_model
+
+            self._model = load_model(self.job, self.on.torch())
+        except BaseException as e:  # noqa: BLE001 - handed to the engine's thread by wait()
+            self._error = e
+        finally:
+            self.seconds = time.monotonic() - self.began
+            self._done.set()
+
+    def settle(self, timeout: float) -> None:
+        """Sleep until the load is done, at most `timeout` seconds."""
+        self._done.wait(timeout)
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> Model:
+        """The loaded model (blocking); the load's own error is raised here, in the caller's thread."""
+        if not self._done.wait(timeout):
+            raise TimeoutError("model still loading")
+        if self._error is not None:
+            raise self._error
+        assert self._model is not None
+        return self._model
+
+
 class _Loop:
     def __init__(
-        self, opts: Options, manifest: Manifest, run_id: str, encoder: "Encoder", num_frames: int, save_frames: bool, out: Path
+        self, opts: Options, manifest: Manifest, run_id: str, encoder: "Encoder | None", num_frames: int, save_frames: bool,
+        out: Path,
     ) -> None:
         self.settings = opts.run
         self.manifest = manifest
@@ -162,17 +282,29 @@ class _Loop:
         self.decoded_on: dict[int, str] = {}  # decoded, not yet committed: 'gpu' or 'cpu'
         self.on_gpu = 0  # committed videos whose frames the GPU decoded
         self.launched_at = 0.0  # when the batch in flight was launched
+        self.pool: DecodePool | None = None
+        # Start-up (run_engine sets these): the run's start, and how a loaded model becomes the encoder.
+        self.began = self.started
+        self.encoder_for: "Callable[[Model], Encoder] | None" = None
 
     # The loop -----------------------------------------------------------------------
 
-    def run(self, pool: DecodePool, stop: StopRequest) -> None:
+    def run(self, pool: DecodePool, stop: StopRequest, load: "ModelLoad | None" = None) -> None:
+        """Until nothing is left or a stop is asked for. With `load`, the model is still
+        loading: decode (at most one batch ahead) until it is there, then encode too."""
         self.stop = stop
+        self.pool = pool
         beat_every = self.settings.lease_seconds / 4
         last_beat = next_claim = time.monotonic()
         while not stop.requested:
+            if self.encoder is None and load is not None and load.done():
+                self._start_encoding(load)
+            pool = self.pool  # a new one if the model's geometry was not the one the workers had
             now = time.monotonic()
             idle = not self.todo and pool.in_flight == 0
-            if len(self.todo) < pool.capacity + self.batch_size and (idle or now >= next_claim):
+            # While the model loads, claims found empty are retried once a second, not every pass.
+            eager = idle and (self.encoder is not None or not self.ready)
+            if len(self.todo) < pool.capacity + self.batch_size and (eager or now >= next_claim):
                 got = self._claim(pool)
                 if not got and idle and not self.ready and self.in_flight is None and not self.writer:
                     # Before calling it done, take back what dead runs left behind.
@@ -182,15 +314,19 @@ class _Loop:
                 for c in got:
                     self.claimed[c.id] = c
                     self.todo.append(c)
-            while self.todo and pool.capacity > 0:
+            while self.todo and pool.capacity > 0 and (
+                self.encoder is not None or len(self.ready) + pool.in_flight < self.batch_size
+            ):
                 c = self.todo.popleft()
                 pool.submit(Task(c.id, c.path, self.settings.deadline(c.size)))
+            if self.encoder is None and load is not None and pool.in_flight == 0:
+                load.settle(0.2)  # nothing to collect: sleep until the model is there (or 0.2 s)
             for res in pool.poll(0.2):
                 self._collect(res)
             idle = not self.todo and pool.in_flight == 0
             if idle and self.unopened:
                 self._charge_unopened()  # fewer videos than DOWN_AFTER: they are failures after all
-            while len(self.ready) >= self.batch_size or (self.ready and idle):
+            while self.encoder is not None and (len(self.ready) >= self.batch_size or (self.ready and idle)):
                 batch = self.ready[: self.batch_size]
                 del self.ready[: len(batch)]
                 self._encode(batch)
@@ -208,6 +344,24 @@ class _Loop:
         if stop.requested:
             self._commit()  # what is encoded is kept; the rest is given back by run_engine
             log.warning("stopped: %d videos committed this run", self.done)
+
+    def _start_encoding(self, load: "ModelLoad") -> None:
+        """The model is loaded: check it, make the encoder, and make sure the crops decoded
+        meanwhile have the model's geometry (else decode them again with it)."""
+        assert self.encoder_for is not None and self.pool is not None
+        loaded = load.wait()
+        self.encoder = self.encoder_for(loaded)
+        log.info("start-up: model loaded in %.2f s, %.2f s into the run; %d videos decoded meanwhile",
+                 load.seconds or 0.0, time.monotonic() - self.began, len(self.ready))
+        geometry = loaded.preprocess.geometry
+        if geometry != self.pool.spec.geometry:
+            log.info("start-up: the model crops to %s, not %s as the workers started: decoding again", geometry,
+                     self.pool.spec.geometry)
+            lost = {t.video_id for t in self.pool.drain()} | {r.video_id for r in self.ready}
+            self.ready.clear()
+            self.pool.close()
+            self.todo.extendleft(sorted((self.claimed[i] for i in lost if i in self.claimed), key=lambda c: -c.id))
+            self.pool = DecodePool(len(self.pool.workers), dataclasses.replace(self.pool.spec, geometry=geometry))
 
     def _claim(self, pool: DecodePool) -> list[Claim]:
         elapsed = time.monotonic() - self.started
@@ -227,6 +381,9 @@ class _Loop:
             self.collected += 1
             self.metrics.decode_seconds(res.seconds)
             self.decoded_on[res.video_id] = res.decoded_on or "cpu"
+            if self.collected == 1:
+                log.info("start-up: first video decoded %.2f s into the run%s", time.monotonic() - self.began,
+                         "" if self.encoder is not None else ", the model still loading")
             res.crops = np.array(res.crops)  # out of the worker's shared slot before it is reused
             self.ready.append(res)
             return
@@ -304,6 +461,8 @@ class _Loop:
         if ids:
             self.writer.add(ids, [self.claimed[i].path for i in ids], [r.n for r in batch], enc.videos, enc.frames)
         self.batches += 1
+        if self.batches == 1:
+            log.info("start-up: first features %.2f s into the run", time.monotonic() - self.began)
         if self.batches % self.settings.log_every == 0:
             self._log_rate()
 

@@ -15,8 +15,9 @@ the two (docs/performance.md).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import av
@@ -46,6 +47,21 @@ class Geometry:
     crop: tuple[int, int]  # (height, width)
     mode: str  # "shortest" | "squash"
     interpolation: str
+
+    def to_text(self) -> str:
+        """As the job records it (the `geometry` setting), so a later run can start its
+        decode workers before it has loaded the model."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_text(cls, text: str) -> "Geometry | None":
+        """A recorded geometry, or None when the record cannot be read (then the run
+        loads the model first and records it again)."""
+        try:
+            d = json.loads(text)
+            return cls(int(d["size"]), (int(d["crop"][0]), int(d["crop"][1])), str(d["mode"]), str(d["interpolation"]))
+        except (ValueError, KeyError, TypeError, IndexError):
+            return None
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after the resize step, torchvision's arithmetic exactly."""

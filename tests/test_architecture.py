@@ -68,3 +68,42 @@ def test_no_import_cycles() -> None:
         if start not in done:
             visit(start, [start], {start}, done)
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+# An idle `run` and `status` answer from the manifest: torch and open_clip are never
+# imported (a run with nothing to do must not pay seconds for them, nor a refused one).
+_NO_TORCH_MAIN = (
+    "import sys, cli; code = cli.main(sys.argv[1:]); "
+    "print('imported:', [m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules]); sys.exit(code)"
+)
+
+
+def test_idle_run_status_and_refused_run_import_no_torch(tmp_path: Path, tiny_model: dict[str, str]) -> None:
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import cli, model_args
+
+    out = tmp_path / "out"
+    (tmp_path / "none").mkdir()
+    cli("scan", "--video-dir", str(tmp_path / "none"), "--output-dir", str(out), *model_args(tiny_model))
+
+    def main(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _NO_TORCH_MAIN, *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+
+    idle = main("run", "--output-dir", str(out))
+    assert idle.returncode == 0, idle.stderr
+    assert "imported: []" in idle.stdout, idle.stdout
+    line = re.search(r"run finished: 0 done, 0 failed, 0 retries, 0\.00 videos/s; log: (\S+)", idle.stderr)
+    assert line, idle.stderr
+    log = Path(line.group(1))
+    assert log.parent == out / "logs" and "nothing to run" in log.read_text()
+    status = main("status", "--output-dir", str(out))
+    assert status.returncode == 0 and "imported: []" in status.stdout, status.stdout + status.stderr
+    refused = main("run", "--output-dir", str(out), "--num-frames", "4")
+    assert refused.returncode == 1 and "imported: []" in refused.stdout, refused.stdout
+    assert refused.stderr.strip().splitlines() == [
+        "error: this job was created with num_frames=8, not 4: use another --output-dir for different settings"
+    ], refused.stderr

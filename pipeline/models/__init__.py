@@ -9,13 +9,16 @@ and one entry in FAMILIES (docs/design/extending.md).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.models.base import Family, Model
 from pipeline.registry import Registry
 from pipeline.settings import JobSettings
 
-__all__ = ["FAMILIES", "Family", "Model", "check_weights", "family_for", "load_model"]
+if TYPE_CHECKING:
+    from pipeline.preprocess import Geometry
+
+__all__ = ["FAMILIES", "Family", "Model", "check_weights", "family_for", "geometry_hint", "load_model"]
 
 
 FAMILIES = Registry("model family", {
@@ -35,3 +38,15 @@ def check_weights(job: JobSettings) -> Any:
 
 def load_model(job: JobSettings, device: Any = "cpu") -> Model:
     return family_for(job.model).load(job, device)
+
+
+def geometry_hint(job: JobSettings) -> "Geometry | None":
+    """The job's crop geometry before its model is loaded (no torch), or None.
+
+    Asked of every family rather than of `family_for`, whose `accepts` may import the
+    family's library (open_clip imports torch): the hint is checked against the loaded
+    model anyway, so the first family that knows one is good enough."""
+    for family in FAMILIES.classes().values():
+        if (hint := family.geometry_hint(job)) is not None:
+            return hint
+    return None

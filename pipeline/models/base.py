@@ -11,7 +11,7 @@ from pipeline.settings import JobSettings
 if TYPE_CHECKING:
     import torch
 
-    from pipeline.preprocess import Preprocess
+    from pipeline.preprocess import Geometry, Preprocess
 
 
 class Model(ABC):
@@ -53,3 +53,11 @@ class Family(ABC):
     @abstractmethod
     def load(cls, job: JobSettings, device: Any) -> Model:
         ...
+
+    @classmethod
+    def geometry_hint(cls, job: JobSettings) -> "Geometry | None":
+        """The crop geometry `load` will give, read without importing the family's library
+        (no torch), or None when it cannot tell. The run starts its decode workers with it
+        while the model loads, then checks it against the loaded model's: a wrong hint
+        costs the first decodes, never a wrong crop (docs/design/startup.md)."""
+        return None

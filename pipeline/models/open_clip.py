@@ -8,6 +8,8 @@ seeded so that every run and every process of a job builds the same model).
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
 import os
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.models.base import Family, Model
-from pipeline.preprocess import Preprocess, from_open_clip
+from pipeline.preprocess import Geometry, Preprocess, from_open_clip
 from pipeline.settings import JobSettings
 
 log = logging.getLogger(__name__)
@@ -229,6 +231,45 @@ def load_model(job: JobSettings, device: Any = "cpu") -> OpenClipModel:
     return OpenClipModel(model, transform, device, name)
 
 
+def _config_file(model: str) -> Path | None:
+    """The model config JSON open_clip will build `model` from, found without importing
+    open_clip (find_spec locates a package without running it)."""
+    if model.endswith(".json"):
+        return Path(model)
+    if model.startswith(("hf-hub:", "local-dir:")) or "/" in model:
+        return None
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "model_configs" / f"{model}.json"
+
+
+def geometry_hint(job: JobSettings) -> Geometry | None:
+    """open_clip's eval geometry from the model config alone: Resize(image_size, bicubic)
+    and CenterCrop(image_size) unless the config's preprocess_cfg says otherwise. A
+    pretrained tag's own preprocessing (some override it) is only known once open_clip
+    is imported: the run checks this hint against the loaded model."""
+    path = _config_file(job.model)
+    try:
+        cfg = json.loads(path.read_text()) if path is not None else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    size = cfg.get("vision_cfg", {}).get("image_size")
+    pp = cfg.get("preprocess_cfg", {}) or {}
+    if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
+        size = size[0]
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        return None
+    interpolation, mode = pp.get("interpolation", "bicubic"), pp.get("resize_mode", "shortest")
+    if mode == "shortest":
+        return Geometry(size, (size, size), "shortest", interpolation)
+    if mode == "squash":
+        return Geometry(0, (size, size), "squash", interpolation)
+    return None
+
+
 class OpenClip(Family):
     name = "open_clip"
 
@@ -245,3 +286,7 @@ class OpenClip(Family):
     @classmethod
     def load(cls, job: JobSettings, device: Any) -> OpenClipModel:
         return load_model(job, device)
+
+    @classmethod
+    def geometry_hint(cls, job: JobSettings) -> Geometry | None:
+        return geometry_hint(job)
