@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO   := demo
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo test test-fast bench gpu-check clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ bench: venv
 	$(BIN)/python -m bench.scan 100000
 	$(BIN)/python -m bench.stop
 	bash scripts/with_postgres.sh $(BIN)/python -m bench.claims
+	$(BIN)/python -m bench.startup
+	$(BIN)/python -m bench.sources
+	$(BIN)/python -m bench.index
+	$(BIN)/python -m bench.ray
+
+gpu-check: venv  # on a GPU box (one line and exit 1 without CUDA); docs/performance.md "GPU"
+	$(BIN)/python -m bench.gpu_check
 
 clean:
 	rm -rf $(DEMO) features .pytest_cache
