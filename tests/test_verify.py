@@ -125,11 +125,17 @@ def test_a_job_from_before_fingerprints_passes_with_a_warning(good_job, tmp_path
     assert proc.returncode == 0 and proc.stdout == ""
     assert "warning: the job's model fingerprint is unknown" in proc.stderr
     assert "warning: 3 of 3 shards were written before fingerprints" in proc.stderr
-    # Its next run records the fingerprint (nothing is pending: the run only loads the model).
+    # A run with nothing to do loads no model (docs/design/startup.md): the job stays unknown.
+    cli("run", "--output-dir", str(out), "--gpu", "cpu", "--num-workers", "1")
+    report = json.loads(main_in_process("verify", "--output-dir", str(out), "--json").stdout)
+    assert report["ok"] and report["fingerprint"] is None
+    # The next run that loads the model (a new video) records it, and its shard carries it.
+    more = make_clips(tmp_path / "more", 1, width=32, height=24, frames=4, vary=2)
+    cli("scan", "--video-dir", str(more), "--output-dir", str(out))
     cli("run", "--output-dir", str(out), "--gpu", "cpu", "--num-workers", "1")
     report = json.loads(main_in_process("verify", "--output-dir", str(out), "--json").stdout)
     assert report["ok"] and report["fingerprint"]["weights"].startswith("sha256:")
-    assert report["warnings"] == ["3 of 3 shards were written before fingerprints were recorded: "
+    assert report["warnings"] == ["3 of 4 shards were written before fingerprints were recorded: "
                                   "the model they were made with cannot be checked"]
 
 
