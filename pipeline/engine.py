@@ -26,7 +26,7 @@ import numpy as np
 from pipeline.decoders import get_decoder, gpu_share_line
 from pipeline.devices import Device, announce, warn_on_fallback
 from pipeline.errors import PipelineError
-from pipeline.fingerprint import record as record_fingerprint
+from pipeline.fingerprint import record as record_fingerprint, refuse_changed_model
 from pipeline.logs import start_log
 from pipeline.manifest import Claim, Manifest, open_manifest
 from pipeline.metrics import Metrics, NullMetrics
@@ -98,6 +98,7 @@ def run_engine(
     workers = opts.run.workers()
     if (opts.run.decoder, on.kind) != ("cpu", "cpu"):  # the CPU decoder on the CPU needs no check (nor torch)
         get_decoder(opts.run.decoder).check(on.torch())  # e.g. nvdec without a CUDA GPU: one line, before any worker
+    refuse_changed_model(manifest, job)  # a changed checkpoint: one line, before anything starts
     if not engine:  # after the checks, so an error stays one line; one of several: the executor names them all
         announce([on], opts.run.gpu)
     load = ModelLoad(job, on)

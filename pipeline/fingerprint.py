@@ -156,13 +156,30 @@ def keep(manifest: "Manifest", fp: dict[str, Any]) -> dict[str, Any]:
     except IntegrityError:  # PostgreSQL: another engine inserted it meanwhile; read theirs
         before = manifest.write(put)
     if before is not None and before.get("digest") != fp["digest"]:
-        what = ", ".join(differences(before, fp))
-        hint = " (the checkpoint file changed?)" if "weights" in what else ""
-        raise PipelineError(
-            f"the model no longer matches this job's features: {what} differ{hint}; "
-            f"use another --output-dir for a different model"
-        )
+        raise _refusal(differences(before, fp))
     return fp
+
+
+def refuse_changed_model(manifest: "Manifest", job: "JobSettings") -> None:
+    """`record`'s refusal for what can be told without the model (architecture, weights), made
+    before a run says or starts anything, so a refused run is one line."""
+    row = manifest.settings().get(SETTING_KEY)
+    if not row:
+        return
+    before = json.loads(row)
+    (arch, arch_sha), (weights, _file) = _architecture(job), _weights(job)
+    now = {"architecture": arch, "architecture_sha256": arch_sha, "weights": weights}
+    if what := [k for k, v in now.items() if before.get(k) != v]:
+        raise _refusal(what)
+
+
+def _refusal(what: list[str]) -> PipelineError:
+    names = ", ".join(what)
+    hint = " (the checkpoint file changed?)" if "weights" in names else ""
+    return PipelineError(
+        f"the model no longer matches this job's features: {names} differ{hint}; "
+        f"use another --output-dir for a different model"
+    )
 
 
 def check_current(fp: dict[str, Any], job: "JobSettings") -> list[str]:

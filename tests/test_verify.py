@@ -139,16 +139,18 @@ def test_a_job_from_before_fingerprints_passes_with_a_warning(good_job, tmp_path
                                   "the model they were made with cannot be checked"]
 
 
-def test_a_job_whose_checkpoint_changed(good_job, main_in_process) -> None:
-    """Verify says so, and a later run is refused instead of mixing two models' features."""
+def test_a_job_whose_checkpoint_changed(good_job, tmp_path, main_in_process) -> None:
+    """Verify says so, and a later run with work to do is refused instead of mixing two models' features."""
     out, checkpoint = good_job["out"], good_job["checkpoint"]
     original = checkpoint.read_bytes()
     other = make_tiny_clip(good_job["root"] / "other", seed=99)
+    more = copy_of(good_job, tmp_path)  # the same job with one more video to do
+    cli("scan", "--video-dir", str(make_clips(tmp_path / "more", 1, width=32, height=24, frames=4)), "--output-dir", str(more))
     try:
         shutil.copyfile(other["pretrained"], checkpoint)
         lines = problems(main_in_process, out)
         assert len(lines) == 1 and lines[0].startswith(f"checkpoint {checkpoint} changed since the features were made")
-        refused = one_line_error(main_in_process("run", "--output-dir", str(out), "--gpu", "cpu"))
+        refused = one_line_error(main_in_process("run", "--output-dir", str(more), "--gpu", "cpu"))
         assert "the model no longer matches this job's features: weights differ" in refused
     finally:
         checkpoint.write_bytes(original)
