@@ -175,8 +175,12 @@ def test_decode_crash_is_charged_and_failed_and_placement_holds(cluster, clips, 
 def test_encoder_actor_lost_its_videos_are_done_by_another(cluster, clips, reference, tmp_path, tiny_model):
     import ray
 
+    from tests.test_metrics import free_port, scrape, value
+
     out, hold = job_with_hold(tmp_path, clips, tiny_model)
-    run = start_cli("run", "--output-dir", str(out), *ray_args(cluster), log=tmp_path / "run.log")
+    port = free_port()  # the Ray executor serves --metrics-port too; lingering, so its last counts are seen
+    run = start_cli("run", "--output-dir", str(out), *ray_args(cluster), "--metrics-port", str(port),
+                    "--metrics-linger", "120", log=tmp_path / "run.log")
     try:
         pid = hold.reader()  # the run cannot finish while this video is held
         assert wait_until(lambda: done_count(out) >= 2, 120)
@@ -185,6 +189,17 @@ def test_encoder_actor_lost_its_videos_are_done_by_another(cluster, clips, refer
         ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]))
         hold.restore()
         os.kill(pid, signal.SIGKILL)  # let the held video go: charged once, then decoded from the real file
+        assert wait_until(lambda: value(scrape(port) or {}, "clipfeat_videos_done_total", engine="ray") >= N, 180)
+        last = scrape(port)
+        assert value(last, "clipfeat_videos_done_total", engine="ray") == N
+        assert value(last, "clipfeat_videos_failed_total", engine="ray") == 0
+        assert value(last, "clipfeat_videos_retried_total", engine="ray") == 1  # the held video, charged once
+        frames = N * int(status_json(out)["settings"]["num_frames"])
+        assert value(last, "clipfeat_frames_total", engine="ray") == frames
+        assert value(last, "clipfeat_decode_seconds_count", engine="ray") >= N
+        assert value(last, "clipfeat_encode_seconds_count", engine="ray") >= 1
+        assert value(last, "clipfeat_claims_held", engine="ray") == 0
+        run.send_signal(signal.SIGTERM)  # ends the linger; the finished run still exits 0
         assert run.wait(timeout=180) == 0, (tmp_path / "run.log").read_text()
     finally:
         hold.close()

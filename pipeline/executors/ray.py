@@ -517,7 +517,9 @@ def run_ray(opts: "Options", stop: StopRequest, cpu_encoder: bool = True) -> "Ru
                          run_id, state, loop.done, loop.failed, back, decoding,
                          {n[:12]: c for n, c in pool.nodes.items()} if pool else {})
                 log.info("figures %s", json.dumps(loop.counts()))
-        ray.shutdown()
+        ray.shutdown()  # which puts back the handlers ray.init found: the run's again, for the linger
+        for sig in stop.signals:
+            signal.signal(sig, stop._handle)
         metrics.close(settings.metrics_linger, stop)
     assert loop is not None
     others = manifest.counts()["running"]
