@@ -256,15 +256,10 @@ def check_encode_fps(ctx: Context, model: str, videos: int = 64, seconds: float 
 
     enc = Encoder(loaded, device, ctx.cores)
     enc.encode(crops, N)  # warm-up: kernels chosen, buffers pinned
-    frames, pending, wall = 0, None, time.perf_counter()
+    from bench import keep_encoding
+
     stop = clock()
-    while time.perf_counter() - wall < seconds:
-        nxt = enc.submit([crops], N)
-        if pending is not None:
-            pending.result()
-        pending, frames = nxt, frames + len(crops)
-    pending.result()
-    encoder_fps = frames / stop()
+    encoder_fps = keep_encoding(enc, crops, N, seconds) / stop()
 
     x = torch.from_numpy(crops).to(device)
     with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=torch.float16, enabled=ctx.cuda):

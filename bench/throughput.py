@@ -249,14 +249,10 @@ def encode_only(loaded, device: str, videos: int = 32, seconds: float = 3.0) -> 
     h, w = loaded.preprocess.geometry.crop
     crops = np.random.default_rng(0).integers(0, 256, (videos * N, h, w, 3), dtype=np.uint8)
     enc.encode(crops, N)  # warm up
-    frames, start, cpu = 0, time.perf_counter(), time.process_time()
-    pending = None
-    while time.perf_counter() - start < seconds:
-        nxt = enc.submit([crops], N)
-        if pending is not None:
-            pending.result()
-        pending, frames = nxt, frames + len(crops)
-    pending.result()
+    from bench import keep_encoding
+
+    start, cpu = time.perf_counter(), time.process_time()
+    frames = keep_encoding(enc, crops, N, seconds)
     return frames / (time.perf_counter() - start), (time.process_time() - cpu) / frames
 
 

@@ -276,6 +276,7 @@ class _Loop:
         self.done = self.failed = self.retried = self.batches = 0
         self.decoded = self.collected = 0  # frames decoders produced, for how many videos
         self.started = time.monotonic()
+        self.last_beat = self.started  # the last heartbeat (_upkeep)
         self.progress: RunProgress | None = None
         self.stop: StopRequest | None = None
         self.unopened: list[Result] = []  # endpoint failures held uncharged while no open has succeeded
@@ -295,8 +296,7 @@ class _Loop:
         loading: decode (at most one batch ahead) until it is there, then encode too."""
         self.stop = stop
         self.pool = pool
-        beat_every = self.settings.lease_seconds / 4
-        last_beat = next_claim = time.monotonic()
+        self.last_beat = next_claim = time.monotonic()
         while not stop.requested:
             if self.encoder is None and load is not None and load.done():
                 self._start_encoding(load)
@@ -333,15 +333,7 @@ class _Loop:
                 self._encode(batch)
             if self.in_flight and (idle or self.in_flight[1].ready()):
                 self._finish()
-            if self.writer and (
-                len(self.writer) >= self.settings.shard_size or self.writer.age() >= self.settings.shard_seconds or idle
-            ):
-                self._commit()
-            if time.monotonic() - last_beat >= beat_every:
-                self.manifest.heartbeat(self.run_id, self.settings.lease_seconds)
-                self.manifest.reap(self.settings.lease_seconds, self.settings.max_claims)
-                last_beat = time.monotonic()
-            self._gauges(pool)
+            self._upkeep(pool, idle)
         if stop.requested:
             self._commit()  # what is encoded is kept; the rest is given back by run_engine
             log.warning("stopped: %d videos committed this run", self.done)
@@ -483,6 +475,19 @@ class _Loop:
             self.metrics.frames(done * self.num_frames)
             if self.progress:
                 self.progress.update(self.done, self.failed)
+
+    def _upkeep(self, pool: DecodePool, idle: bool) -> None:
+        """How every turn of a run loop ends (this one's and the Ray executor's): a shard
+        committed when big, old or idle; the heartbeat, and reaping, when due; the gauges."""
+        if self.writer and (
+            len(self.writer) >= self.settings.shard_size or self.writer.age() >= self.settings.shard_seconds or idle
+        ):
+            self._commit()
+        if time.monotonic() - self.last_beat >= self.settings.lease_seconds / 4:
+            self.manifest.heartbeat(self.run_id, self.settings.lease_seconds)
+            self.manifest.reap(self.settings.lease_seconds, self.settings.max_claims)
+            self.last_beat = time.monotonic()
+        self._gauges(pool)
 
     def _gauges(self, pool: DecodePool) -> None:
         """Queue depths and claims held, for --metrics-port (each a no-op without it)."""

@@ -5,8 +5,8 @@ DFDC-like part, and three lists (txt, csv, parquet) at once, and run once: each 
 each listed copy (a local path or an http URL) must have the feature of the same bytes in the folder, the corrupt
 members fail with their reasons while the others are done, and the names are
 `ARCHIVE::MEMBER` in the manifest, status, the export and load_features. Rescans of a
-changed archive and of a shortened list are diffed in process; one small SIGKILL case
-shows a zip's members done exactly once after a rerun.
+changed archive and of a shortened list are diffed in process; a SIGKILL mid-run and a
+rerun leave each video done exactly once, for a zip, a tar and a list of URLs.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import tarfile
 import time
 import zipfile
 from collections.abc import Iterator
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
@@ -278,16 +279,41 @@ def test_rescan_of_a_changed_archive_and_a_shorter_list(tmp_path: Path) -> None:
     assert rows_by_status(out)[name("a.mp4")] == "pending"
 
 
+def _killable_location(kind: str, clips: Path, tmp: Path, stack: ExitStack) -> tuple[str, str, dict[str, str]]:
+    """(scan flag, location, video name -> its file's name): the same clips as a stored zip,
+    a tar, or a list of their URLs on the Range HTTP server."""
+    files = sorted(clips.glob("*.mp4"))
+    if kind == "zip":
+        archive = zip_folder(clips, tmp / "part.zip", zipfile.ZIP_STORED)
+        return "--video-dir", str(archive), {f"{archive}::{p.name}": p.name for p in files}
+    if kind == "tar":
+        with tarfile.open(tmp / "part.tar", "w") as tf:
+            for p in files:
+                tf.add(p, p.name)
+        return "--video-dir", str(tmp / "part.tar"), {f"{tmp / 'part.tar'}::{p.name}": p.name for p in files}
+    server = stack.enter_context(http_server(clips))
+    (tmp / "urls.txt").write_text("".join(f"{server.url}/{p.name}\n" for p in files))
+    return "--video-list", str(tmp / "urls.txt"), {f"{server.url}/{p.name}": p.name for p in files}
+
+
 @pytest.mark.slow
-def test_a_zip_is_done_exactly_once_after_sigkill(tmp_path: Path, tiny_model: dict[str, str], main_in_process) -> None:  # noqa: F811
+@pytest.mark.parametrize("kind", ["zip", "tar", "http-list"])
+def test_every_source_kind_is_done_exactly_once_after_sigkill(
+    kind: str, tmp_path: Path, tiny_model: dict[str, str], main_in_process  # noqa: F811
+) -> None:
+    with ExitStack() as stack:
+        _sigkill_then_rerun(kind, tmp_path, tiny_model, main_in_process, stack)
+
+
+def _sigkill_then_rerun(kind: str, tmp_path: Path, tiny_model: dict[str, str], main_in_process, stack: ExitStack) -> None:  # noqa: F811
     n = 16
     clips = make_clips(tmp_path / "v", n, width=48, height=32, frames=10, vary=5)
-    archive = zip_folder(clips, tmp_path / "part.zip", zipfile.ZIP_STORED)
+    flag, location, names = _killable_location(kind, clips, tmp_path, stack)
     out = tmp_path / "out"
     args = ["--output-dir", str(out), "--gpu", "cpu", "--batch-size", "2", "--shard-size", "2", "--num-workers", "2"]
     from tests.conftest import start_cli
 
-    scanned = main_in_process("scan", "--video-dir", str(archive), "--output-dir", str(out), *model_args(tiny_model))
+    scanned = main_in_process("scan", flag, location, "--output-dir", str(out), *model_args(tiny_model))
     assert scanned.returncode == 0, scanned.stderr
     proc = start_cli("run", *args, log=tmp_path / "killed.log")
 
@@ -304,4 +330,4 @@ def test_a_zip_is_done_exactly_once_after_sigkill(tmp_path: Path, tiny_model: di
     assert (st["done"], st["pending"], st["running"], st["failed"]) == (n, 0, 0, 0)
     assert sum(r["videos_done"] for r in st["runs"]) == n, "a member was committed twice"
     got = load_features(out)
-    assert sorted(got.paths) == sorted(f"{archive}::{p.name}" for p in clips.glob("*.mp4"))
+    assert sorted(got.paths) == sorted(names)

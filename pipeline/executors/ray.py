@@ -559,8 +559,7 @@ class RayLoop(_loop_base()):  # type: ignore[misc]
     def run(self, pool: RayDecodePool, stop: StopRequest) -> None:  # type: ignore[override]
         self.stop = stop
         self.pool = pool
-        beat_every = self.settings.lease_seconds / 4
-        last_beat = next_claim = time.monotonic()
+        self.last_beat = next_claim = time.monotonic()
         max_ready = self.batch_size * (self.encoders.count * BATCHES_PER_ENCODER + 1)  # crops waiting, at most
         while not stop.requested:
             now = time.monotonic()
@@ -590,15 +589,7 @@ class RayLoop(_loop_base()):  # type: ignore[misc]
                 self.encoders.dispatch(actor, batch, self.num_frames)
             self._harvest(0.05 if not decoding else 0.0)
             idle = not decoding and not self.ready and not self.encoders.in_flight
-            if self.writer and (
-                len(self.writer) >= self.settings.shard_size or self.writer.age() >= self.settings.shard_seconds or idle
-            ):
-                self._commit()
-            if time.monotonic() - last_beat >= beat_every:
-                self.manifest.heartbeat(self.run_id, self.settings.lease_seconds)
-                self.manifest.reap(self.settings.lease_seconds, self.settings.max_claims)
-                last_beat = time.monotonic()
-            self._gauges(pool)
+            self._upkeep(pool, idle)
         if stop.requested:
             pool.drain()
             deadline = time.monotonic() + 30
