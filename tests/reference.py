@@ -33,6 +33,14 @@ def count_frames(path: str) -> int:
         return sum(1 for _ in c.decode(_stream(c)))
 
 
+def frame_times(path: str) -> list[float | None]:
+    """Every decoded frame's presentation time in seconds (pts x time_base), in output order:
+    index i is the time of display frame i as count_frames counts them."""
+    with av.open(path) as c:
+        stream = _stream(c)
+        return [None if f.pts is None else float(f.pts * (f.time_base or stream.time_base)) for f in c.decode(stream)]
+
+
 def targets(n: int, k: int) -> list[int]:
     return [int(x) for x in np.round(np.linspace(0, n - 1, k))]
 

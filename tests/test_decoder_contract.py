@@ -23,7 +23,7 @@ from pipeline.decoders import DECODERS, get_decoder
 from pipeline.samplers import SAMPLERS, get_sampler
 from pipeline.samples import make_video
 from tests.conftest import ROOT
-from tests.reference import reference_frames, targets
+from tests.reference import frame_times, reference_frames, targets
 from tests.test_frames import KEYFRAME_SPECS, SPECS, frame_number
 
 N = 8
@@ -90,6 +90,8 @@ def test_frames_are_the_definitions(clips: dict[str, Path], decoder_name: str, s
         assert got.n == spec.frames, spec.name
         assert got.indices == want_indices, spec.name
         assert len(got.frames) == N, spec.name
+        times = frame_times(path)  # each frame's own pts x time_base, from a full decode
+        assert got.times == [times[i] for i in got.indices], spec.name
         for i, (a, b) in enumerate(zip(got.frames, want)):
             assert a.shape == b.shape == (spec.height, spec.width, 3), spec.name
             assert np.array_equal(a, b), f"{spec.name}: frame {i} (index {got.indices[i]}) is not the definition's"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -47,6 +47,7 @@ class Sampled:
     indices: list[int]
     decoded: int = 0  # frames the decoder produced to get them (the cost)
     pixel_format: str | None = None  # the frames' format as decoded, before conversion (nvdec sets it; None: CPU)
+    times: list[float | None] = field(default_factory=list)  # each target's presentation time, s (None: no pts)
 
     @property
     def decoded_on(self) -> str:
@@ -92,6 +93,14 @@ def upright(rgb: np.ndarray, rotation: float | int | None) -> np.ndarray:
     """Apply a display-matrix rotation."""
     quarter = quarter_turns(rotation)
     return np.ascontiguousarray(np.rot90(rgb, k=quarter)) if quarter else rgb
+
+
+def seconds(pts: int | None, time_base: Any) -> float | None:
+    """A presentation timestamp in seconds (pts x time_base); None where either is missing,
+    so a stream without timestamps says so rather than inventing a time."""
+    if pts is None or time_base is None:
+        return None
+    return float(pts * time_base)
 
 
 def to_rgb(frame: "av.VideoFrame") -> np.ndarray:

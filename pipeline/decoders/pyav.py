@@ -15,7 +15,7 @@ from typing import Any
 
 import av
 
-from pipeline.decoders import Convert, Decoder, DecodeError, Sampled, to_rgb
+from pipeline.decoders import Convert, Decoder, DecodeError, Sampled, seconds, to_rgb
 from pipeline.samplers import PacketIndex, Sampler
 
 # A stream where more than this share of packets yields no frame is damaged, not short.
@@ -200,9 +200,13 @@ def _keyframe_pass(
     return kept, decoded
 
 
-def _decode_pass(path: str, targets: set[int], convert: Convert, threads: int, hwaccel: Any) -> tuple[dict[int, Any], int]:
-    """Decode the whole stream once, converting only the target frames; return (kept, n)."""
+def _decode_pass(
+    path: str, targets: set[int], convert: Convert, threads: int, hwaccel: Any
+) -> tuple[dict[int, Any], int, dict[int, float | None]]:
+    """Decode the whole stream once, converting only the target frames; return (kept, n, times):
+    times are the kept frames' own pts in seconds (their time_base, else the stream's)."""
     kept: dict[int, Any] = {}
+    times: dict[int, float | None] = {}
     n = 0
     with _open(path, hwaccel) as c:
         stream = _video_stream(c)
@@ -211,10 +215,11 @@ def _decode_pass(path: str, targets: set[int], convert: Convert, threads: int, h
             for frame in c.decode(stream):
                 if n in targets:
                     kept[n] = convert(frame)
+                    times[n] = seconds(frame.pts, frame.time_base or stream.time_base)
                 n += 1
         except av.FFmpegError as e:
             raise DecodeError(f"decode failed after {n} frames: {_reason(e)}") from None
-    return kept, n
+    return kept, n, times
 
 
 def decode(
@@ -243,9 +248,12 @@ def decode(
                 got = _planned_pass(c, stream, index, choice.indices, convert) if plan else None
             if got is not None:
                 kept, decoded = got
-                return Sampled([kept[i] for i in choice.indices], expected, choice.indices, decoded)
+                # Both passes keep exactly the frames whose pts is the target's (index.display).
+                assert index.display is not None
+                times = [seconds(index.display[i], stream.time_base) for i in choice.indices]
+                return Sampled([kept[i] for i in choice.indices], expected, choice.indices, decoded, times=times)
     indices = sampler.from_count(expected)
-    kept, n = _decode_pass(path, set(indices), convert, threads, hwaccel)
+    kept, n, times = _decode_pass(path, set(indices), convert, threads, hwaccel)
     decoded = n
     if n != expected:
         if n == 0:
@@ -253,11 +261,11 @@ def decode(
         if n < expected * MIN_DECODED_SHARE:
             raise DecodeError(f"damaged stream: only {n} of {expected} packets decode to frames")
         indices = sampler.from_count(n)
-        kept, n2 = _decode_pass(path, set(indices), convert, threads, hwaccel)
+        kept, n2, times = _decode_pass(path, set(indices), convert, threads, hwaccel)
         decoded += n2
         if n2 != n:
             raise DecodeError(f"decoding is not repeatable: {n} frames, then {n2}")
-    return Sampled([kept[i] for i in indices], n, indices, decoded)
+    return Sampled([kept[i] for i in indices], n, indices, decoded, times=[times[i] for i in indices])
 
 
 class PyAVDecoder(Decoder):
