@@ -452,7 +452,8 @@ class _Loop:
             enc.videos, enc.frames = enc.videos[finite], enc.frames[finite]
         ids = [r.video_id for r in batch]
         if ids:
-            self.writer.add(ids, [self.claimed[i].path for i in ids], [r.n for r in batch], enc.videos, enc.frames)
+            self.writer.add(ids, [self.claimed[i].path for i in ids], [r.n for r in batch], enc.videos, enc.frames,
+                            [r.times for r in batch])
         self.batches += 1
         if self.batches == 1:
             log.info("start-up: first features %.2f s into the run", time.monotonic() - self.began)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ class Features:
     ids: list[int]
     frames: np.ndarray | None = None  # [N, num_frames, D] with save_frames
     stream_frames: list[int | None] | None = None  # frames counted in each row's stream (the manifest's)
+    times: list[list[float | None] | None] | None = None  # each row's frames' pts in s (None: shard written before)
 
 
 def _gather(rows: list[DoneRow], shards: Path, suffix: str) -> np.ndarray | None:
@@ -51,18 +52,24 @@ def _gather(rows: list[DoneRow], shards: Path, suffix: str) -> np.ndarray | None
     return out
 
 
-def _check_sidecars(rows: list[DoneRow], shards: Path) -> None:
-    by_shard: dict[str, list[DoneRow]] = defaultdict(list)
-    for r in rows:
-        by_shard[r.shard].append(r)
-    for shard, members in by_shard.items():
+def _check_sidecars(rows: list[DoneRow], shards: Path) -> list[DoneRow]:
+    """Check each row against its shard's sidecar; return the rows with the sidecar's frame
+    times filled in (None for shards written before times were recorded)."""
+    by_shard: dict[str, list[int]] = defaultdict(list)
+    for pos, r in enumerate(rows):
+        by_shard[r.shard].append(pos)
+    out = list(rows)
+    for shard, positions in by_shard.items():
         try:
             side = json.loads((shards / f"{shard}.json").read_text())["videos"]
         except (OSError, ValueError, KeyError) as e:
             raise PipelineError(f"shard {shard}: sidecar unreadable: {e}") from None
-        for r in members:
+        for pos in positions:
+            r = rows[pos]
             if r.shard_index >= len(side) or side[r.shard_index]["id"] != r.id:
                 raise PipelineError(f"shard {shard} does not hold video {r.id} at {r.shard_index}")
+            out[pos] = replace(r, times=side[r.shard_index].get("times"))
+    return out
 
 
 def load_features(
@@ -75,9 +82,10 @@ def load_features(
     finally:
         manifest.close()
     shards = Path(output_dir) / "shards"
-    _check_sidecars(rows, shards)
+    rows = _check_sidecars(rows, shards)
     feats = _gather(rows, shards, ".npy")
     if feats is None:
         feats = np.zeros((0, dim), dtype=np.float32)
     per_frame = _gather(rows, shards, ".frames.npy") if frames and rows else None
-    return Features(feats, [r.path for r in rows], [r.id for r in rows], per_frame, [r.num_frames for r in rows])
+    return Features(feats, [r.path for r in rows], [r.id for r in rows], per_frame, [r.num_frames for r in rows],
+                    [r.times for r in rows])

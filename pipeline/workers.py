@@ -103,6 +103,7 @@ class Result:
     endpoint: str | None = None  # the store that failed it, where the reason is the store's (refused, timeout)
     seconds: float = 0.0  # the decode's wall time in the worker (metrics)
     decoded_on: str | None = None  # 'gpu' or 'cpu': where its frames really came from (Sampled.decoded_on)
+    times: list[float | None] | None = None  # each sampled frame's presentation time, s (Sampled.times)
 
 
 def decode_tools(spec: DecodeSpec) -> tuple[Any, Any, Any]:
@@ -128,7 +129,7 @@ def decode_into(decoder: Any, sampler: Any, convert: Any, video_id: int, path: s
         for i, frame in enumerate(sampled.frames):
             out[i] = frame
         return Result(video_id, None, sampled.n, None, decoded=sampled.decoded,
-                      seconds=time.monotonic() - began, decoded_on=sampled.decoded_on)
+                      seconds=time.monotonic() - began, decoded_on=sampled.decoded_on, times=sampled.times)
     except (DecodeError, PipelineError) as e:  # the file, or its source, says why
         return Result(video_id, None, 0, str(e), endpoint=getattr(e, "endpoint", None))
     except MemoryError:

@@ -33,6 +33,7 @@ class _Buffer:
     ids: list[int] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
+    times: list[list[float | None] | None] = field(default_factory=list)  # per video: its frames' pts, s
     videos: list[np.ndarray] = field(default_factory=list)
     frames: list[np.ndarray] = field(default_factory=list)
     opened: float = field(default_factory=time.monotonic)
@@ -66,6 +67,15 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _entry(video_id: int, path: str, index: int, times: list[float | None] | None) -> dict[str, object]:
+    """A video's sidecar entry; "times" (rounded to the microsecond) only where the decoder gave them,
+    so a shard's keys are the old ones plus that one."""
+    entry: dict[str, object] = {"id": video_id, "path": path, "index": index}
+    if times is not None:
+        entry["times"] = [None if t is None else round(t, 6) for t in times]
+    return entry
+
+
 class ShardWriter:
     """Buffers encoded videos; `flush` writes one shard and returns what to commit."""
 
@@ -84,13 +94,19 @@ class ShardWriter:
     def age(self) -> float:
         return time.monotonic() - self.buffer.opened if self.buffer.ids else 0.0
 
-    def add(self, ids: list[int], paths: list[str], counts: list[int], videos: np.ndarray, frames: np.ndarray) -> None:
+    def add(
+        self, ids: list[int], paths: list[str], counts: list[int], videos: np.ndarray, frames: np.ndarray,
+        times: list[list[float | None] | None] | None = None,
+    ) -> None:
+        """Buffer encoded videos; `times` (per video, its sampled frames' presentation times in
+        seconds, or None where unknown) goes into the sidecar's entry for the export."""
         p = self.buffer
         if not p.ids:
             p.opened = time.monotonic()
         p.ids += ids
         p.paths += paths
         p.counts += counts
+        p.times += list(times) if times is not None else [None] * len(ids)
         p.videos.append(videos)
         if self.save_frames:
             p.frames.append(frames)
@@ -110,10 +126,10 @@ class ShardWriter:
         all_videos = np.concatenate(p.videos).astype(np.float32, copy=False)
         all_frames = np.concatenate(p.frames).astype(np.float32, copy=False) if self.save_frames else None
         videos = all_videos[:take]
-        ids, paths, counts = p.ids[:take], p.paths[:take], p.counts[:take]
+        ids, paths, counts, times = p.ids[:take], p.paths[:take], p.counts[:take], p.times[:take]
         sidecar = {
             "shard": name,
-            "videos": [{"id": i, "path": path, "index": k} for k, (i, path) in enumerate(zip(ids, paths))],
+            "videos": [_entry(i, path, k, t) for k, (i, path, t) in enumerate(zip(ids, paths, times))],
             "dim": int(videos.shape[1]),
             "frames_file": f"{name}.frames.npy" if self.save_frames else None,
             **self.extra,
@@ -130,7 +146,7 @@ class ShardWriter:
             what = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
             raise PipelineError(f"cannot write shards to {self.dir}: {what}") from None
         record = ShardRecord(name, [(i, k, c) for k, (i, c) in enumerate(zip(ids, counts))])
-        rest = _Buffer(p.ids[take:], p.paths[take:], p.counts[take:], opened=p.opened)
+        rest = _Buffer(p.ids[take:], p.paths[take:], p.counts[take:], p.times[take:], opened=p.opened)
         if rest.ids:
             rest.videos.append(all_videos[take:])
             if all_frames is not None:

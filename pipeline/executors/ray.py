@@ -83,7 +83,7 @@ def decode_task(spec: "DecodeSpec", video_id: int, path: str) -> tuple[dict[str,
     res = decode_into(*_tools[1], video_id, path, out)
     meta = {
         "n": res.n, "error": res.error, "decoded": res.decoded, "final": res.final, "endpoint": res.endpoint,
-        "decoded_on": res.decoded_on,
+        "decoded_on": res.decoded_on, "times": res.times,
         "node": ray.get_runtime_context().get_node_id(), "seconds": time.monotonic() - started,
     }
     return meta, (out if res.error is None else None)
@@ -171,7 +171,7 @@ class RayDecodePool:
             self.nodes[meta["node"]] += 1
             self.bytes += int(np.prod(self.spec.shape))
             results.append(Result(vid, run.crops, meta["n"], None, decoded=meta["decoded"], seconds=meta["seconds"],
-                                  decoded_on=meta["decoded_on"]))
+                                  decoded_on=meta["decoded_on"], times=meta.get("times")))
         now = time.monotonic()
         for ref, run in list(self.running.items()):
             if now - run.submitted > run.task.deadline:  # hung (or queued that long): kill it, fail the video

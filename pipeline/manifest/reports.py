@@ -22,6 +22,7 @@ class DoneRow:
     shard: str
     shard_index: int
     num_frames: int | None = None  # frames counted in the stream
+    times: list[float | None] | None = None  # its frames' presentation times, s (the shard's sidecar; reader fills it)
 
 
 class ReportsMixin(Database):
