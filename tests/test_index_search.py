@@ -118,6 +118,37 @@ def test_parquet_round_trips_the_npy_export(job: Job, tiny_model: dict[str, str]
         assert duckdb.sql(f"SELECT count(*) FROM '{job.out / 'features.parquet'}'").fetchone()[0] == len(paths)
 
 
+def test_parquet_frame_times_are_the_frames_pts_in_seconds(job: Job, tmp_path: Path, main_in_process) -> None:
+    """frame_times equal a full PyAV decode's pts x time_base at frame_indices; a job whose
+    shards were written before times were recorded (sidecar entries without "times") exports null."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.reference import frame_times
+
+    assert main_in_process("export", *job.args, "--format", "parquet").returncode == 0
+    table = pq.read_table(job.out / "features.parquet")
+    assert table.schema.field("frame_times").type == pa.list_(pa.float64())
+    rows = zip(table.column("path").to_pylist(), table.column("frame_indices").to_pylist(), table.column("frame_times").to_pylist())
+    for path, indices, times in rows:
+        want = frame_times(path)
+        assert times is not None and len(times) == len(indices) == 8, path
+        assert np.allclose(times, [want[i] for i in indices], rtol=0, atol=1e-6), (path, times, indices)
+        assert times[-1] > times[0]  # real times, not a constant
+
+    old = tmp_path / "old"
+    shutil.copytree(job.out, old)
+    for side in (old / "shards").glob("*.json"):
+        data = json.loads(side.read_text())
+        for entry in data["videos"]:
+            entry.pop("times")  # every entry of a new shard has them
+        side.write_text(json.dumps(data))
+    assert main_in_process("export", "--output-dir", str(old), "--format", "parquet").returncode == 0
+    before = pq.read_table(old / "features.parquet")
+    assert before.column("frame_times").null_count == before.num_rows > 0
+    assert before.column("frame_indices").to_pylist() == table.column("frame_indices").to_pylist()
+
+
 def test_parquet_keeps_per_frame_features_of_save_frames_jobs(tmp_path: Path) -> None:
     """A --save-frames job's rows carry their frames (num_frames x dim), in row groups per write."""
     import pyarrow.parquet as pq

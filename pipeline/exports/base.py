@@ -22,6 +22,7 @@ class RowFacts:
     stream_frames: list[int | None] | None = None  # frames counted in the stream (the manifest's num_frames)
     frame_indices: list[list[int] | None] | None = None  # display indices of the sampled frames, where known
     frames: np.ndarray | None = None  # [n, num_frames, dim] per-frame features (save_frames jobs)
+    frame_times: list[list[float | None] | None] | None = None  # the sampled frames' pts in seconds, where recorded
 
 
 class Exporter(ABC):

@@ -47,7 +47,8 @@ def export(output_dir: str | os.PathLike[str], db: str | None, fmt: str) -> tupl
             if kind.keeps_facts:
                 counts = (feats.stream_frames or [None] * len(feats.paths))[start:end]
                 facts = RowFacts(counts, [frame_indices(settings, n) for n in counts],
-                                 feats.frames[start:end] if feats.frames is not None else None)
+                                 feats.frames[start:end] if feats.frames is not None else None,
+                                 (feats.times or [None] * len(feats.paths))[start:end])
             writer.write(feats.paths[start:end], feats.features[start:end], facts)
         written = writer.close()
     except OSError as e:

@@ -3,10 +3,11 @@
 Columns: `path` (the path as the job names it), `feature` (fixed-size list of float32,
 the job's dim), `stream_frames` (frames the decoder counted in the stream), `frame_indices`
 (the display indices the feature was made from, where the job's sampling fixes them:
-exact sampling; null for keyframe sampling, whose choice is not stored), `model` and
-`pretrained` (as the job records them), and for `--save-frames` jobs `frame_features`
-(num_frames x dim). Frame timestamps are not stored by a run (no pts or frame rate is
-kept), so there is no timestamp column. A path that is not valid UTF-8 (a file name's
+exact sampling; null for keyframe sampling, whose choice is not stored), `frame_times`
+(each sampled frame's presentation time in seconds, pts x time_base as the decoder saw it,
+in the feature's frame order; null for videos whose shard was written before runs recorded
+times, and an element is null where the frame had no pts), `model` and `pretrained` (as
+the job records them), and for `--save-frames` jobs `frame_features` (num_frames x dim). A path that is not valid UTF-8 (a file name's
 raw bytes) is also kept exactly in `path_bytes` (null for every other row). The job's
 settings are in the file's key-value metadata (`pipeline.job`, JSON).
 
@@ -53,6 +54,7 @@ class ParquetExport(Exporter):
             pa.field("feature", pa.list_(pa.float32(), dim)),
             pa.field("stream_frames", pa.int64()),
             pa.field("frame_indices", pa.list_(pa.int64())),
+            pa.field("frame_times", pa.list_(pa.float64())),
             pa.field("model", pa.string()),
             pa.field("pretrained", pa.string()),
             pa.field("path_bytes", pa.binary()),
@@ -89,6 +91,7 @@ class ParquetExport(Exporter):
             _fixed(features, self.dim),
             pa.array(facts.stream_frames if facts.stream_frames is not None else [None] * n, pa.int64()),
             pa.array(facts.frame_indices if facts.frame_indices is not None else [None] * n, pa.list_(pa.int64())),
+            pa.array(facts.frame_times if facts.frame_times is not None else [None] * n, pa.list_(pa.float64())),
             pa.array([self.job.get("model")] * n, pa.string()),
             pa.array([self.job.get("pretrained")] * n, pa.string()),
             pa.array(raw, pa.binary()),
