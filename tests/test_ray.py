@@ -125,6 +125,7 @@ def check_exactly_once(out: Path, reference: dict[str, np.ndarray], done: int = 
     assert places == done, "two rows point to one place in a shard"
     got = load_features(out)
     assert len(set(got.paths)) == done
+    assert got.times is not None and all(got.times), "a Ray run's sidecars carry each video's frame times"
     names = [Path(p).name for p in got.paths]
     assert cosine_rows(got.features, np.stack([reference[n] for n in names])).min() >= 0.99999
     return st
