@@ -99,8 +99,6 @@ def run_engine(
     if (opts.run.decoder, on.kind) != ("cpu", "cpu"):  # the CPU decoder on the CPU needs no check (nor torch)
         get_decoder(opts.run.decoder).check(on.torch())  # e.g. nvdec without a CUDA GPU: one line, before any worker
     refuse_changed_model(manifest, job)  # a changed checkpoint: one line, before anything starts
-    if not engine:  # after the checks, so an error stays one line; one of several: the executor names them all
-        announce([on], opts.run.gpu)
     load = ModelLoad(job, on)
     geometry = startup_geometry(manifest, job)
     if geometry is None:  # nothing recorded nor hinted: the model decides, before any worker starts
@@ -123,7 +121,10 @@ def run_engine(
         loop.writer.extra["fingerprint"] = fingerprint  # each shard says what made it (pipeline/fingerprint.py)
         device = on.torch()
         cpu_threads = max(1, opts.run.core_count() - workers) if device.type == "cpu" else None
-        return Encoder(loaded, device, cpu_threads)
+        encoder = Encoder(loaded, device, cpu_threads)
+        if not engine:  # once the model is there, so a refusal (no weights, another model) stays one line;
+            announce([on], opts.run.gpu)  # one engine of several: the executor names them all
+        return encoder
 
     spec = DecodeSpec(
         job.num_frames, geometry, job.resize, job.sampling, opts.run.threads_per_worker(),
