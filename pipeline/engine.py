@@ -139,6 +139,7 @@ def run_engine(
 
     loop = _Loop(opts, manifest, run_id, None, job.num_frames, job.save_frames, out)
     loop.began, loop.encoder_for = began, encoder_for
+    loop.first_run = "dim" not in manifest.settings()
     loop.metrics = metrics
     loop.pool = DecodePool(workers, spec)
     log.info("start-up: %d decode workers started %.2f s into the run%s", workers, time.monotonic() - began,
@@ -182,6 +183,8 @@ def idle_run(opts: Options) -> RunSummary | None:
     out = Path(opts.paths.output_dir)
     manifest = open_manifest(out, opts.paths.db)
     manifest.check_job(opts.asked_job)
+    if "dim" not in manifest.settings():
+        return None  # no run has loaded the job's model yet: the first records its dim (an empty job's export needs it)
     counts = manifest.counts()
     if counts["pending"] or (opts.run.retry_failed and counts["failed"]):
         return None
@@ -278,6 +281,7 @@ class _Loop:
         self.decoded = self.collected = 0  # frames decoders produced, for how many videos
         self.started = time.monotonic()
         self.last_beat = self.started  # the last heartbeat (_upkeep)
+        self.first_run = False  # no run has loaded the job's model yet (run_engine sets it)
         self.progress: RunProgress | None = None
         self.stop: StopRequest | None = None
         self.unopened: list[Result] = []  # endpoint failures held uncharged while no open has succeeded
@@ -311,6 +315,9 @@ class _Loop:
                 if not got and idle and not self.ready and self.in_flight is None and not self.writer:
                     # Before calling it done, take back what dead runs left behind.
                     if not self.manifest.reap(self.settings.lease_seconds, self.settings.max_claims) or not (got := self._claim(pool)):
+                        if self.encoder is None and load is not None and self.first_run:
+                            load.settle(0.2)  # the job's first run records its model's dim, even with no video
+                            continue
                         break
                 next_claim = now + (0.0 if got else 1.0)
                 for c in got:
