@@ -88,6 +88,7 @@ def test_idle_run_status_and_refused_run_import_no_torch(tmp_path: Path, tiny_mo
     out = tmp_path / "out"
     (tmp_path / "none").mkdir()
     cli("scan", "--video-dir", str(tmp_path / "none"), "--output-dir", str(out), *model_args(tiny_model))
+    cli("run", "--output-dir", str(out), "--gpu", "cpu")  # the job's first run loads its model: records its dim
 
     def main(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-c", _NO_TORCH_MAIN, *args], cwd=ROOT, capture_output=True,
