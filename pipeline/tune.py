@@ -216,7 +216,7 @@ def measure(opts: Options, sample: int, seed: int = 0) -> Measured:
 
 
 def job_time(m: Measured, decoder: str, workers: int, batch: int) -> tuple[float, str]:
-    """(seconds to process the job after start-up, the limiting stage) for one setting.
+    """(seconds to process the job once started, the limiting stage) for one setting.
 
     Two stages in a pipeline: the slower sets the pace (V videos x its cost per video),
     and all but one batch of the faster one is hidden behind it. On the CPU decoders
@@ -236,30 +236,36 @@ def job_time(m: Measured, decoder: str, workers: int, batch: int) -> tuple[float
     encode = v * m.num_frames / enc_fps
     stages = {"decode": decode, "encode": encode}
     if m.device == "cpu":
-        # Starting each worker is CPU work too (spawn, imports), on the same cores.
-        work = v * (d_cpu + m.num_frames / m.encode_fps[batch]) + workers * m.worker_start_s
-        stages["cores"] = work / m.cores
+        stages["cores"] = v * (d_cpu + m.num_frames / m.encode_fps[batch]) / m.cores
     limit = max(stages, key=stages.get)  # type: ignore[arg-type]
     b = min(batch, v)
     tail = min(b * per_worker / workers, b * m.num_frames / enc_fps)
-    return stages[limit] + tail + m.worker_start_s, limit
+    return stages[limit] + tail, limit
+
+
+def start_time(m: Measured, workers: int) -> float:
+    """Seconds before the first decoded video: the workers start while the model loads
+    (docs/design/startup.md), each in its own process, so their start is hidden behind the
+    load unless the cores cannot run both: max(load, one start, all of it / cores)."""
+    return max(m.startup_s, m.worker_start_s, (m.startup_s + workers * m.worker_start_s) / m.cores)
 
 
 def recommend(m: Measured, gpu: str) -> Recommendation:
-    """The setting with the shortest job time; near-ties go to fewer workers, then the
-    smaller batch (less memory, a shorter tail, cores left for the rest of the box)."""
+    """The setting with the shortest job time, start-up included; near-ties go to fewer
+    workers, then the smaller batch (less memory, a shorter tail, cores left for the rest
+    of the box)."""
     options = []
     for decoder in m.decode_cpu_s:
         for workers in range(1, m.cores + 1):
+            start = start_time(m, workers)
             for batch in sorted(m.encode_fps):
                 seconds, limit = job_time(m, decoder, workers, batch)
-                options.append((seconds, decoder != "cpu", workers, batch, decoder, limit))
+                options.append((seconds + start, decoder != "cpu", workers, batch, decoder, limit, seconds))
     best = min(o[0] for o in options)
-    seconds, _, workers, batch, decoder, limit = min(
+    total, _, workers, batch, decoder, limit, seconds = min(
         (o for o in options if o[0] <= best * (1 + TIE)), key=lambda o: (o[2], o[1], o[3], o[0]))
     threads = max(1, m.cores // workers)
-    return Recommendation(workers, threads, decoder, batch, max(1, m.total_videos) / seconds, seconds + m.startup_s,
-                          limit, gpu, m)
+    return Recommendation(workers, threads, decoder, batch, max(1, m.total_videos) / seconds, total, limit, gpu, m)
 
 
 def config_text(r: Recommendation, output_dir: str | None, cores_given: bool = False) -> str:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from pipeline.samples import Spec, make_video
-from pipeline.settings import resolve
+from pipeline.settings import available_cores, resolve
 from pipeline.tune import Measured, job_time, recommend
 from tests.conftest import cli, model_args, status_json
 
@@ -127,6 +127,13 @@ def test_recommendation_is_within_15_percent_of_the_best_of_a_grid(tmp_path: Pat
             best[key] = max(best.get(key, 0.0), _rate(template, tmp_path / f"{key}_{rnd}", {"num_workers": w, "batch_size": b}))
         best["tuned"] = max(best.get("tuned", 0.0), _rate(template, tmp_path / f"tuned_{rnd}", {}, tuned))
     grid_best = max(v for k, v in best.items() if k != "tuned")
+    # A recommendation that is a point of the grid (the grid's runs take the default
+    # threads, cores / workers) is one setting measured four times: its figure is the best
+    # of all four, as every other setting's is the best of its runs. Two runs of one
+    # setting differed by 17% in a loaded CI run; pooling them keeps that noise out.
+    same = f"w{rec['num_workers']}_b{rec['batch_size']}"
+    if same in best and rec["decode_threads"] == max(1, available_cores() // rec["num_workers"]):
+        best["tuned"] = max(best["tuned"], best[same])
     print(f"tune recommended {rec}; best videos/s of two: {best}")
     assert best["tuned"] >= 0.85 * grid_best, (rec, best)
 
