@@ -171,4 +171,6 @@ def main(argv: list[str] | None = None, command_app: typer.Typer = app, prog_nam
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.quick_exit import exit_process
+
+    exit_process(main())

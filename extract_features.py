@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 
 from cli import extract_app, main
+from pipeline.quick_exit import exit_process
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], extract_app, prog_name="extract_features.py"))
+    exit_process(main(sys.argv[1:], extract_app, prog_name="extract_features.py"))
