@@ -62,8 +62,27 @@ def parse_spec(spec: str) -> tuple[str, ...]:
     return parts
 
 
+# Device nodes a GPU driver makes; torch.cuda finds no device where none of them exists
+# (NVIDIA's, WSL2's GPU paravirtualisation, ROCm's HIP build of torch.cuda).
+GPU_DRIVER_PATHS = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg", "/dev/kfd")
+
+
+def no_gpu_driver() -> bool:
+    """True where no GPU driver is loaded, so CUDA cannot be there: `--gpu auto` on a
+    CPU-only box is then answered without importing torch (about 2 s that would otherwise
+    come before the decode workers start; docs/design/startup.md). Off Linux, or where a
+    caller has already imported torch (tests patch its CUDA answers), torch is asked."""
+    import os
+    import sys
+
+    return sys.platform.startswith("linux") and "torch" not in sys.modules and not any(
+        os.path.exists(p) for p in GPU_DRIVER_PATHS)
+
+
 def cuda_count() -> int:
     """CUDA devices this process can use (0 without a working CUDA runtime)."""
+    if no_gpu_driver():
+        return 0
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -139,11 +158,11 @@ def unusable_gpu_reason() -> str | None:
     """Why torch sees no GPU while nvidia-smi sees one (None when nvidia-smi sees none):
     a CPU-only torch build, or torch's CUDA initialisation error beside the driver's
     CUDA version and the one torch was built for."""
+    names, driver, driver_cuda = nvidia_smi_gpus()
+    if not names:  # the usual CPU-only box: answered without importing torch
+        return None
     import torch
 
-    names, driver, driver_cuda = nvidia_smi_gpus()
-    if not names:
-        return None
     seen = f"nvidia-smi sees {len(names)} GPU(s) ({names[0]}, driver {driver or '?'}, CUDA {driver_cuda or '?'})"
     built = torch.version.cuda
     if built is None:
