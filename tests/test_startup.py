@@ -130,3 +130,58 @@ def test_a_wrong_recorded_geometry_is_decoded_again_with_the_models(tmp_path: Pa
     a, b = load_features(right), load_features(wrong)
     assert a.paths == b.paths and np.allclose(a.features, b.features, atol=1e-6)
     assert manifest.settings()[GEOMETRY_SETTING] == open_manifest(right, None).settings()[GEOMETRY_SETTING]
+
+
+def _python(code: str, timeout: float = 120) -> "subprocess.CompletedProcess[str]":
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                          cwd=Path(__file__).resolve().parent.parent)
+
+
+def test_quick_exit_keeps_the_code_the_atexit_handlers_and_the_threads_work(tmp_path: Path) -> None:
+    """With torch loaded the CLI leaves by os._exit; what Python's exit would still do
+    must happen: a pool thread's queued task finishes (the first version joined such a
+    thread without telling it to end and hung), atexit handlers run, stdio and the log
+    are flushed, and the code is the command's."""
+    mark, logged = tmp_path / "atexit", tmp_path / "log.txt"
+    proc = _python(f"""
+import atexit, concurrent.futures, logging, sys, time, torch
+from pathlib import Path
+logging.basicConfig(filename={str(logged)!r}, level=logging.INFO)
+pool = concurrent.futures.ThreadPoolExecutor(1)
+pool.submit(lambda: (time.sleep(0.5), Path({str(mark)!r} + '.thread').write_text('done')))
+atexit.register(lambda: Path({str(mark)!r}).write_text('ran'))
+logging.info('the last line')
+print('printed, unflushed', end='')
+from pipeline.quick_exit import exit_process
+exit_process(3)
+""", timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == "printed, unflushed"
+    assert mark.read_text() == "ran" and Path(f"{mark}.thread").read_text() == "done"
+    assert "the last line" in logged.read_text()
+
+
+def test_gpu_auto_on_a_box_without_a_gpu_driver_imports_no_torch() -> None:
+    """`--gpu auto` resolved, and its fallback warning given, before the workers start:
+    where no GPU driver is loaded neither imports torch (it cost 1.3 s before the first
+    worker); elsewhere the answer is torch's own."""
+    proc = _python("""
+import logging, sys
+from pipeline.devices import no_gpu_driver, resolve_devices, warn_on_fallback
+logging.basicConfig(level=logging.WARNING)
+devices = resolve_devices('auto')
+warn_on_fallback('auto', devices[0])
+print(no_gpu_driver() or None, [str(d) for d in devices], 'torch' in sys.modules)
+import torch
+print(torch.cuda.is_available())
+""")
+    assert proc.returncode == 0, proc.stderr
+    first, cuda = proc.stdout.splitlines()
+    if first.startswith("True"):  # no driver: this machine and CI
+        assert first == "True ['cpu'] False" and cuda == "False"
+        assert "no CUDA GPU found: running on the CPU" in proc.stderr
+    else:
+        assert first.endswith("True") and ("cuda:0" in first) == (cuda == "True")
