@@ -9,6 +9,7 @@ anywhere, and a run whose endpoint is down stopping with one line and charging n
 from __future__ import annotations
 
 import json
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -141,7 +142,28 @@ def test_s3_bucket_like_a_local_folder(tmp_path: Path, tiny_model: dict[str, str
         assert errors == [] and members == [f"s3://vids/zips/part_0.zip::{n}" for n in CLIPS[:2]]
         got, want_frames = sample_frames(open_video(members[1]), 4), sample_frames(str(local / CLIPS[1]), 4)
         assert got.indices == want_frames.indices and all(np.array_equal(x, y) for x, y in zip(got.frames, want_frames.frames))
+
+        # A prefix of archives (DFDC's zip parts, webdataset's tar shards) beside a loose
+        # video, scanned as one location: each archive is listed by its members, the
+        # loose video by its URL, metadata.json skipped; the job's features equal the
+        # local files'.
+        shard = tmp_path / "000000.tar"
+        with tarfile.open(shard, "w") as tf:
+            for name in CLIPS[2:]:
+                tf.add(local / name, f"000000/{name.replace('/', '_')}")
+        client.upload_file(str(shard), "vids", "zips/shards/000000.tar")
+        client.upload_file(str(local / "a.mp4"), "vids", "zips/loose.mp4")
+        parts = tmp_path / "parts_job"
+        commands.scan(job_options(parts, tiny_model, "s3://vids/zips/"))
+        assert commands.run(job_options(parts, tiny_model)) == 0
+        feats = load_features(parts)
+        assert sorted(feats.paths) == sorted([*members, "s3://vids/zips/loose.mp4", *(
+            f"s3://vids/zips/shards/000000.tar::000000/{n.replace('/', '_')}" for n in CLIPS[2:])])
+        source_of = {**{m: m.rsplit("::", 1)[1] for m in members}, "s3://vids/zips/loose.mp4": "a.mp4",
+                     **{f"s3://vids/zips/shards/000000.tar::000000/{n.replace('/', '_')}": n for n in CLIPS[2:]}}
+        assert_same_features(dict(zip(feats.paths, feats.features)), {p: want[n] for p, n in source_of.items()})
     assert_no_secret(out)
+    assert_no_secret(parts)
 
 
 @pytest.mark.slow

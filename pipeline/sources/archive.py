@@ -13,8 +13,8 @@ read in place, seeks are free); a deflated zip member is zipfile's own stream (s
 back decompresses again from its start); a member of a compressed tar is a window on
 the decompressed stream (the same). Nothing is read whole into memory.
 
-An archive may also be a URL (`s3://bucket/part_0.zip`, `https://host/part_0.zip`: one
-archive, not a prefix of them): it is read through RemoteStore's seekable, block-cached
+An archive may also be a URL (`s3://bucket/part_0.zip`, `https://host/part_0.zip`, given
+alone or found under a bucket prefix by RemoteStore's listing): it is read through RemoteStore's seekable, block-cached
 file (or its --cache-dir copy), so a stored member is a window on the remote object's
 ranges and its name is `URL::MEMBER`.
 """

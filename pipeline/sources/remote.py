@@ -206,6 +206,16 @@ def _full(url: str, path: str) -> str:
     return path if "://" in path else f"{scheme_of(url)}://{path}"
 
 
+def _archive_kind() -> Any:
+    """The source that reads an archive URL as a location (ArchiveSource), through the
+    registry: a prefix of archives is listed as a folder of them is, member by member,
+    while the archive module keeps its own use of this one (it opens remote archives
+    through RemoteStore) without an import cycle."""
+    from pipeline.sources import SOURCES
+
+    return SOURCES.load("archive")
+
+
 def _is_video(name: str, extensions: tuple[str, ...]) -> bool:
     exts = {"." + e.lower().lstrip(".") for e in extensions}
     base = name.rsplit("/", 1)[-1]
@@ -213,7 +223,9 @@ def _is_video(name: str, extensions: tuple[str, ...]) -> bool:
 
 
 class RemoteStore(Source):
-    """Every video under a URL prefix; names are full URLs, e.g. s3://bucket/prefix/a.mp4."""
+    """Every video under a URL prefix; names are full URLs, e.g. s3://bucket/prefix/a.mp4.
+    An archive under the prefix is listed by its members, `s3://bucket/prefix/part_0.zip::a.mp4`,
+    as in a local folder of archives."""
 
     def __init__(self, location: str) -> None:
         super().__init__(location)
@@ -234,18 +246,22 @@ class RemoteStore(Source):
                 found = fs.find(self.prefix, detail=True)
         except Exception as e:
             raise PipelineError(f"{redact(self.prefix)}: cannot list: {reason_of(e, self.prefix)}") from None
+        archives = _archive_kind()
         for path in sorted(found):
             name = _full(self.prefix, path)
-            if not _is_video(name, extensions) or not self.contains(name):
-                continue
             info = found[path]
+            if not self.contains(name) or (info is not None and info.get("type", "file") != "file"):
+                continue
+            if archives.accepts(name):  # DFDC's zip parts, webdataset tar shards: their members
+                yield from archives(name).entries(extensions, errors)  # named URL::MEMBER
+                continue
+            if not _is_video(name, extensions):
+                continue
             if info is None:
                 try:
                     yield self.stat(name)
                 except OSError as e:
                     errors.append(f"{redact(name)}: {e}")
-                continue
-            if info.get("type", "file") != "file":
                 continue
             yield Entry(name, int(info.get("size") or 0), _stamp(info))
 
