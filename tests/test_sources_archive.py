@@ -166,7 +166,7 @@ def test_scan_reports_each_location(layout: dict, job: dict) -> None:
     # URL rows: a 404 is an unreadable entry with its reason; one with credentials is refused
     # masked, as RemoteStore refuses `--video-dir URL`, and no file of the job holds the secret.
     urls = layout["urls"]
-    assert f"cannot read {urls['gone']}: 404 not found" in log
+    assert f"cannot read {urls['gone']}: 404 not found\n" in log  # found missing by the scan: no "since the scan"
     assert f"cannot read {urls['masked']}: credentials in a URL (user:password) are not accepted" in log
     files = [p for p in job["out"].rglob("*") if p.is_file()]
     assert any(p.parent.name == "lists" for p in files)

@@ -138,8 +138,9 @@ def _root_cause(e: BaseException) -> list[BaseException]:
     return chain
 
 
-def reason_of(e: BaseException, url: str) -> RemoteError:
-    """An exception from s3fs/botocore/aiohttp as the words a user reads, and whether it is the endpoint's."""
+def reason_of(e: BaseException, url: str, scanned: bool = True) -> RemoteError:
+    """An exception from s3fs/botocore/aiohttp as the words a user reads, and whether it is the endpoint's.
+    `scanned`: the object was listed before (a 404 then means deleted since the scan)."""
     if isinstance(e, RemoteError):
         return e
     where = endpoint_of(url)
@@ -153,7 +154,7 @@ def reason_of(e: BaseException, url: str) -> RemoteError:
     if any(n in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError") for n in names):
         return RemoteError("no credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)", where)
     if isinstance(e, FileNotFoundError) or status == 404:
-        return RemoteError("404 not found (deleted since the scan?)")
+        return RemoteError("404 not found (deleted since the scan?)" if scanned else "404 not found")
     if isinstance(e, PermissionError) or status == 403:
         return RemoteError("403 forbidden")
     if any(n in ("ClientPayloadError", "IncompleteRead", "IncompleteReadError", "ResponseStreamingError",
@@ -283,7 +284,7 @@ class RemoteStore(Source):
         try:
             info = _filesystem(name).info(name)
         except Exception as e:
-            raise OSError(str(reason_of(e, name))) from None
+            raise OSError(str(reason_of(e, name, scanned=False))) from None  # a list row, or an archive's identity
         return Entry(name, int(info.get("size") or 0), _stamp(info))
 
     @classmethod
