@@ -10,13 +10,14 @@ on a clean stop; after a hard kill the next run gives it back (Manifest.reap).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,6 +61,29 @@ def claim_size(batch_size: int, capacity: int, videos_per_s: float) -> int:
     anyway, see docs/design/claim-protocol.md).
     """
     return max(2 * batch_size, capacity + batch_size, min(MAX_CLAIM, int(videos_per_s * CLAIM_SECONDS)))
+
+
+class RunEnd:
+    """How a run ends, as its row in the manifest records it (state, message): `crashed`
+    until its body returns, then `finished` or `interrupted` (a stop was asked for);
+    `failed` with the words of a PipelineError; `crashed` with any other exception's.
+    The local engine and the Ray executor record it alike."""
+
+    def __init__(self) -> None:
+        self.state: str = "crashed"
+        self.message: str | None = None
+
+    @contextlib.contextmanager
+    def recorded(self, stop: StopRequest) -> Iterator[None]:
+        try:
+            yield
+            self.state = "interrupted" if stop.requested else "finished"
+        except PipelineError as e:
+            self.state, self.message = "failed", str(e)
+            raise
+        except BaseException as e:
+            self.message = f"{type(e).__name__}: {e}"
+            raise
 
 
 @dataclass
@@ -149,30 +173,24 @@ def run_engine(
     load = load or ModelLoad(job, on)
     log.info("start-up: %d decode workers started %.2f s into the run%s", workers, time.monotonic() - began,
              "" if load.done() else ", the model still loading")
-    state, message = "crashed", None
+    end = RunEnd()
     try:
-        with RunProgress(manifest.counts(), job.num_frames, show=not engine) as progress:
+        with end.recorded(stop), RunProgress(manifest.counts(), job.num_frames, show=not engine) as progress:
             loop.progress = progress
             loop.run(loop.pool, stop, load)
-            state = "interrupted" if stop.requested else "finished"
-    except PipelineError as e:
-        state, message = "failed", str(e)
-        raise
-    except BaseException as e:
-        message = f"{type(e).__name__}: {e}"
-        raise
     finally:
         decoding = len(loop.pool.drain())
         loop.pool.close()
         back = manifest.release(run_id)
-        manifest.end_run(run_id, state, message)
+        manifest.end_run(run_id, end.state, end.message)
         log.info("run %s %s: %d done, %d failed, %d claims given back (%d were decoding)",
-                 run_id, state, loop.done, loop.failed, back, decoding)
+                 run_id, end.state, loop.done, loop.failed, back, decoding)
         if share := gpu_share_line(opts.run.decoder, loop.on_gpu, loop.done):
             log.log(*share)
         metrics.close(opts.run.metrics_linger, stop)
     others = manifest.counts()["running"]
-    return RunSummary(run_id, loop.done, loop.failed, loop.retried, time.monotonic() - loop.started, state, log_path, others)
+    return RunSummary(run_id, loop.done, loop.failed, loop.retried, time.monotonic() - loop.started, end.state, log_path,
+                      others)
 
 
 def idle_run(opts: Options) -> RunSummary | None:

@@ -446,7 +446,7 @@ def run_ray(opts: "Options", stop: StopRequest, cpu_encoder: bool = True) -> "Ru
     """The run on Ray: the engine's set-up (manifest, job, run, dim check) with Ray's stages."""
     import ray
 
-    from pipeline.engine import RunSummary
+    from pipeline.engine import RunEnd, RunSummary
     from pipeline.fingerprint import keep as keep_fingerprint
     from pipeline.logs import start_log
     from pipeline.metrics import Metrics
@@ -471,50 +471,44 @@ def run_ray(opts: "Options", stop: StopRequest, cpu_encoder: bool = True) -> "Ru
     encoders: EncoderPool | None = None
     pool: RayDecodePool | None = None
     loop: RayLoop | None = None
-    state, message = "crashed", None
+    end = RunEnd()
     try:
-        cpus = decode_cpus(settings.ray_decode_resource)
-        if cpus < 1:
-            raise PipelineError(f"no node of the Ray cluster has a CPU and {settings.ray_decode_resource!r} for decoding")
-        slots = 2 * (settings.num_workers or cpus)  # one running and one queued per decode CPU
-        run_id = manifest.register_run(f"ray:{settings.ray_encode_resource}", settings.batch_size, slots)
-        encoders = EncoderPool(job, settings, run_id)
-        info = encoders.first_ready(stop)
-        stored_dim = manifest.settings().get("dim")
-        if stored_dim is None:
-            manifest.set_setting("dim", str(info["dim"]))
-        elif int(stored_dim) != info["dim"]:
-            raise PipelineError(f"the model now gives {info['dim']}-d features, the job has {stored_dim}-d ones")
-        fingerprint = keep_fingerprint(manifest, info["fingerprint"])  # a changed checkpoint is refused here
-        spec = DecodeSpec(job.num_frames, info["geometry"], job.resize, job.sampling, settings.decode_threads or 1)
-        pool = RayDecodePool(spec, slots, settings.ray_decode_resource)
-        log.info("run %s on Ray: job %s, batch %d, %d encoder actors (%s), %d decode tasks in flight on %d CPUs",
-                 run_id, job, settings.batch_size, encoders.count, "GPU" if encoders.cuda else "CPU", slots, cpus)
-        if released := manifest.reap(settings.lease_seconds, settings.max_claims):
-            log.info("gave back %d rows claimed by runs that are gone", released)
-        loop = RayLoop(opts, manifest, run_id, encoders, job.num_frames, job.save_frames, out)
-        loop.writer.extra["fingerprint"] = fingerprint  # each shard says what made it (pipeline/fingerprint.py)
-        loop.metrics = metrics
-        with RunProgress(manifest.counts(), job.num_frames) as progress:
-            loop.progress = progress
-            loop.run(pool, stop)
-            state = "interrupted" if stop.requested else "finished"
-    except PipelineError as e:
-        state, message = "failed", str(e)
-        raise
-    except BaseException as e:
-        message = f"{type(e).__name__}: {e}"
-        raise
+        with end.recorded(stop):
+            cpus = decode_cpus(settings.ray_decode_resource)
+            if cpus < 1:
+                raise PipelineError(f"no node of the Ray cluster has a CPU and {settings.ray_decode_resource!r} for decoding")
+            slots = 2 * (settings.num_workers or cpus)  # one running and one queued per decode CPU
+            run_id = manifest.register_run(f"ray:{settings.ray_encode_resource}", settings.batch_size, slots)
+            encoders = EncoderPool(job, settings, run_id)
+            info = encoders.first_ready(stop)
+            stored_dim = manifest.settings().get("dim")
+            if stored_dim is None:
+                manifest.set_setting("dim", str(info["dim"]))
+            elif int(stored_dim) != info["dim"]:
+                raise PipelineError(f"the model now gives {info['dim']}-d features, the job has {stored_dim}-d ones")
+            fingerprint = keep_fingerprint(manifest, info["fingerprint"])  # a changed checkpoint is refused here
+            spec = DecodeSpec(job.num_frames, info["geometry"], job.resize, job.sampling, settings.decode_threads or 1)
+            pool = RayDecodePool(spec, slots, settings.ray_decode_resource)
+            log.info("run %s on Ray: job %s, batch %d, %d encoder actors (%s), %d decode tasks in flight on %d CPUs",
+                     run_id, job, settings.batch_size, encoders.count, "GPU" if encoders.cuda else "CPU", slots, cpus)
+            if released := manifest.reap(settings.lease_seconds, settings.max_claims):
+                log.info("gave back %d rows claimed by runs that are gone", released)
+            loop = RayLoop(opts, manifest, run_id, encoders, job.num_frames, job.save_frames, out)
+            loop.writer.extra["fingerprint"] = fingerprint  # each shard says what made it (pipeline/fingerprint.py)
+            loop.metrics = metrics
+            with RunProgress(manifest.counts(), job.num_frames) as progress:
+                loop.progress = progress
+                loop.run(pool, stop)
     finally:
         decoding = len(pool.drain()) if pool else 0
         if encoders:
             encoders.close()
         if run_id is not None:
             back = manifest.release(run_id)
-            manifest.end_run(run_id, state, message)
+            manifest.end_run(run_id, end.state, end.message)
             if loop is not None:
                 log.info("run %s %s: %d done, %d failed, %d claims given back (%d were decoding); decoded per node %s",
-                         run_id, state, loop.done, loop.failed, back, decoding,
+                         run_id, end.state, loop.done, loop.failed, back, decoding,
                          {n[:12]: c for n, c in pool.nodes.items()} if pool else {})
                 log.info("figures %s", json.dumps(loop.counts()))
         ray.shutdown()  # which puts back the handlers ray.init found: the run's again, for the linger
@@ -523,7 +517,8 @@ def run_ray(opts: "Options", stop: StopRequest, cpu_encoder: bool = True) -> "Ru
         metrics.close(settings.metrics_linger, stop)
     assert loop is not None
     others = manifest.counts()["running"]
-    return RunSummary(run_id, loop.done, loop.failed, loop.retried, time.monotonic() - loop.started, state, log_path, others)
+    return RunSummary(run_id, loop.done, loop.failed, loop.retried, time.monotonic() - loop.started, end.state, log_path,
+                      others)
 
 
 def _loop_base() -> type:
