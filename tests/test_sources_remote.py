@@ -167,7 +167,11 @@ def test_s3_bucket_like_a_local_folder(tmp_path: Path, tiny_model: dict[str, str
 
 
 @pytest.mark.slow
-def test_endpoint_down_stops_the_run_and_charges_nothing(tmp_path: Path, tiny_model: dict[str, str], monkeypatch) -> None:
+@pytest.mark.parametrize("engines", [["--num-workers", "2"], ["--gpu", "cpu,cpu"]], ids=["one-engine", "two-engines"])
+def test_endpoint_down_stops_the_run_and_charges_nothing(tmp_path: Path, tiny_model: dict[str, str], monkeypatch,
+                                                         engines: list[str]) -> None:
+    """One line, the same under several engines (whose parent once said only 'an engine
+    stopped'), nothing charged, and the rerun finishes once the endpoint is back."""
     names = [f"v{i}.mp4" for i in range(5)]
     make_clips(tmp_path / "clips", names, frames=6)
     out = tmp_path / "job"
@@ -179,7 +183,7 @@ def test_endpoint_down_stops_the_run_and_charges_nothing(tmp_path: Path, tiny_mo
         commands.scan(job_options(out, tiny_model, "s3://down/v/"))
         s3.stop()
         job = Job(out, None)
-        proc = job.cli("run", "--num-workers", "2", check=False)
+        proc = job.cli("run", *engines, check=False)
         assert proc.returncode == 1, proc.stderr
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         assert errors == [

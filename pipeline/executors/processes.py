@@ -29,7 +29,7 @@ from pipeline.signals import STOP_SIGNALS, StopRequest, die_with_parent, listene
 log = logging.getLogger(__name__)
 
 
-def _engine_main(opts: Options, device: Device, log_path: str, parent: int) -> None:
+def _engine_main(opts: Options, device: Device, log_path: str, parent: int, reasons: "mp.SimpleQueue[str]") -> None:
     from pipeline.engine import run_engine
 
     die_with_parent(signal.SIGTERM)  # a clean stop, even if the parent was SIGKILLed
@@ -41,6 +41,7 @@ def _engine_main(opts: Options, device: Device, log_path: str, parent: int) -> N
             summary = run_engine(opts, device, stop, log_path=Path(log_path), engine=True)
     except PipelineError as e:
         log.error("engine stopped: %s", e)
+        reasons.put(str(e))  # the parent says it as a one-engine run would, in one line
         raise SystemExit(1) from None
     raise SystemExit(130 if summary.state == "interrupted" else 0)
 
@@ -63,12 +64,14 @@ def run_many(opts: Options, devs: list[Device]) -> tuple[int, int, str, Path]:
     cores = max(1, opts.run.core_count() // len(devs))  # each engine sizes its FFmpeg threads within its share
     ctx = mp.get_context("spawn")
     engines: list[tuple[Device, mp.Process]] = []
+    reasons: mp.SimpleQueue[str] = ctx.SimpleQueue()  # an engine's PipelineError, in its words
+    said: list[str] = []
 
     def launch(d: Device) -> mp.Process:
         child = dataclasses.replace(
             opts, run=dataclasses.replace(opts.run, gpu=d.spec, num_workers=per_engine, cores=cores)
         )
-        p = ctx.Process(target=_engine_main, args=(child, d, str(log_path), os.getpid()), name=f"engine-{d}")
+        p = ctx.Process(target=_engine_main, args=(child, d, str(log_path), os.getpid(), reasons), name=f"engine-{d}")
         with stop_signals_blocked():  # pending, not fatal, until the engine listens for them
             p.start()
         engines.append((d, p))
@@ -108,9 +111,13 @@ def run_many(opts: Options, devs: list[Device]) -> tuple[int, int, str, Path]:
                         if p.exitcode not in (0, 130):
                             log.warning("engine on %s died (exit %s): its videos go back to the others", d, p.exitcode)
                             manifest.reap(opts.run.lease_seconds, opts.run.max_claims)
+                while not reasons.empty():
+                    said.append(reasons.get())
                 now = manifest.counts()
                 progress.update(now["done"] - start["done"], now["failed"] - start["failed"])
-                if not alive and not stops[0] and now["pending"] and relaunches < len(devs):
+                # A refusal (the endpoint down, the disk full, another checkpoint) would refuse a
+                # relaunch alike: only engines that died otherwise are replaced.
+                if not alive and not stops[0] and now["pending"] and relaunches < len(devs) and not said:
                     # A dead engine's videos came back after the others had finished.
                     healthy = [d for d, p in engines if p.exitcode == 0] or devs
                     relaunches += 1
@@ -127,4 +134,6 @@ def run_many(opts: Options, devs: list[Device]) -> tuple[int, int, str, Path]:
     codes = [p.exitcode for _d, p in engines]  # relaunched engines included
     state = "interrupted" if stopped else ("finished" if not end["pending"] and not end["running"] else "failed")
     log.info("engines ended with %s: %s", codes, state)
+    if state == "failed" and said:  # what a one-engine run says, not "an engine stopped"
+        raise PipelineError("; ".join(dict.fromkeys(said)))
     return end["done"] - start["done"], end["failed"] - start["failed"], state, log_path
