@@ -8,8 +8,9 @@ them down:
 - architecture: the open_clip model name, and for a model config `.json` the sha256 of
   its text (the same name can hold another architecture);
 - weights: `sha256:<hex>` of a local checkpoint file (hashed once per process per
-  (path, size, mtime), so several engines and verify do not each reread a 600 MB file
-  more than once), `tag:<tag>` for a hub tag, or `random (seed 0)` for `none`;
+  (path, inode, size, mtime, ctime), and remembered in the job with the file's stat stamp so that a
+  run start does not reread a 1.7 GB file while inode, size, mtime and ctime are the same;
+  `verify` always rereads it), `tag:<tag>` for a hub tag, or `random (seed 0)` for `none`;
 - preprocessing: the crop geometry and mean/std read off the model's own transform,
   the resize mode, the frame sampling and the number of frames;
 - dim: the feature width.
@@ -44,14 +45,27 @@ if TYPE_CHECKING:
 SETTING_KEY = "model_fingerprint"  # in job_settings, beside `dim`
 COMPARED = ("architecture", "architecture_sha256", "weights", "preprocessing", "dim")
 
-_HASHES: dict[tuple[str, int, int], str] = {}
+HASHED_KEY = "weights_hashed"  # in job_settings: the checkpoint's stat stamp when it was last hashed
+
+_HASHES: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def _file_stamp(path: str) -> list[int]:
+    """What changes whenever a file's bytes do: inode, size, mtime and ctime (ns). ctime
+    cannot be set back by anyone (`touch -d` moves it too), so an equal stamp is the same
+    file as when it was hashed."""
+    st = os.stat(path)
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _stamp(p: Path) -> tuple[str, int, int, int, int]:
+    return (str(p), *_file_stamp(str(p)))  # type: ignore[return-value]
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file, computed once per process for each (path, size, mtime)."""
+    """sha256 of a file, computed once per process for each (path, inode, size, mtime, ctime)."""
     p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
+    key = _stamp(p)
     if key not in _HASHES:
         h = hashlib.sha256()
         with open(p, "rb") as f:
@@ -162,15 +176,35 @@ def keep(manifest: "Manifest", fp: dict[str, Any]) -> dict[str, Any]:
 
 def refuse_changed_model(manifest: "Manifest", job: "JobSettings") -> None:
     """`record`'s refusal for what can be told without the model (architecture, weights), made
-    before a run says or starts anything, so a refused run is one line."""
-    row = manifest.settings().get(SETTING_KEY)
+    before a run says or starts anything, so a refused run is one line.
+
+    This is on every run's critical path, before the decode workers start, and hashing a
+    ViT-L checkpoint (1.7 GB) takes seconds, more from a network disk: so the checkpoint's
+    hash is remembered in the job with its stat stamp (HASHED_KEY) and trusted while the
+    stamp is the same. `verify` always hashes it again."""
+    settings = manifest.settings()
+    row = settings.get(SETTING_KEY)
     if not row:
         return
     before = json.loads(row)
+    path = job.pretrained if os.path.isfile(job.pretrained) else None
+    if path is not None and (known := settings.get(HASHED_KEY)):
+        seen = json.loads(known)
+        resolved = Path(path).resolve()
+        if seen.get("path") == str(resolved) and seen.get("stamp") == _file_stamp(str(resolved)):
+            _HASHES[_stamp(resolved)] = seen["sha256"]
     (arch, arch_sha), (weights, _file) = _architecture(job), _weights(job)
     now = {"architecture": arch, "architecture_sha256": arch_sha, "weights": weights}
     if what := [k for k, v in now.items() if before.get(k) != v]:
         raise _refusal(what)
+    if path is not None:
+        resolved = Path(path).resolve()
+        mark = {"path": str(resolved), "stamp": _file_stamp(str(resolved)), "sha256": weights.removeprefix("sha256:")}
+        if settings.get(HASHED_KEY) != (text := json.dumps(mark, sort_keys=True)):
+            try:
+                manifest.set_setting(HASHED_KEY, text)
+            except IntegrityError:  # PostgreSQL: another engine wrote the same mark meanwhile
+                pass
 
 
 def _refusal(what: list[str]) -> PipelineError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -163,3 +164,47 @@ def test_nothing_done_yet(tmp_path, tiny_model, main_in_process) -> None:
     assert main_in_process("scan", "--video-dir", str(videos), "--output-dir", str(out), "--model",
                            tiny_model["model"], "--pretrained", tiny_model["pretrained"]).returncode == 0
     assert "nothing to verify" in one_line_error(main_in_process("verify", "--output-dir", str(out)))
+
+
+def test_a_run_start_trusts_the_remembered_hash_only_while_the_file_is_untouched(
+        good_job, tmp_path, main_in_process, monkeypatch) -> None:
+    """A run start hashes the checkpoint once and remembers it with the file's stat stamp
+    (a ViT-L checkpoint is 1.7 GB, on every restart); while inode, size, mtime and ctime are
+    the same the file is not read again. Other weights of the same size written over it,
+    its mtime put back, change its ctime: the next run is refused as before."""
+    from pipeline import fingerprint
+    from pipeline.errors import PipelineError
+    from pipeline.manifest import open_manifest
+
+    checkpoint, original = good_job["checkpoint"], good_job["checkpoint"].read_bytes()
+    more = copy_of(good_job, tmp_path)
+    cli("scan", "--video-dir", str(make_clips(tmp_path / "more", 1, width=32, height=24, frames=4)), "--output-dir", str(more))
+    assert main_in_process("run", "--output-dir", str(more), "--gpu", "cpu").returncode == 0
+    manifest = open_manifest(more, None)
+    try:
+        mark = json.loads(manifest.settings()[fingerprint.HASHED_KEY])
+        assert mark["sha256"] == hashlib.sha256(original).hexdigest() and mark["path"] == str(checkpoint.resolve())
+
+        def opened(path, *args, **kw):
+            assert Path(path).resolve() != checkpoint.resolve(), "the checkpoint was read again"
+            return open(path, *args, **kw)
+
+        monkeypatch.setattr(fingerprint, "_HASHES", {})  # as in a new process
+        monkeypatch.setattr(fingerprint, "open", opened, raising=False)  # the module's own file reads
+        job = manifest.job()
+        fingerprint.refuse_changed_model(manifest, job)  # trusted: nothing read
+        monkeypatch.undo()
+
+        other = Path(make_tiny_clip(good_job["root"] / "same-size", seed=7)["pretrained"]).read_bytes()
+        assert len(other) == len(original) and other != original
+        st = checkpoint.stat()
+        try:
+            checkpoint.write_bytes(other)
+            os.utime(checkpoint, ns=(st.st_atime_ns, st.st_mtime_ns))  # size and mtime as they were
+            with pytest.raises(PipelineError, match="weights differ"):
+                fingerprint.refuse_changed_model(manifest, job)
+        finally:
+            checkpoint.write_bytes(original)
+    finally:
+        manifest.close()
+    assert main_in_process("verify", "--output-dir", str(good_job["out"])).returncode == 0
