@@ -19,7 +19,10 @@ the decoding of its first batch:
 Each figure is the minimum over REPEATS (the machine is shared: the minimum is the
 least disturbed). Writes bench/results/startup.json.
 
-    python -m bench.startup [REPEATS] [--model tiny|ViT-B-32|...]
+    python -m bench.startup [REPEATS] [--model tiny|ViT-B-32|...] [--dfdc N]
+
+`--dfdc N`: the first batch is N DFDC-like clips (10 s of 1080p H.264, as
+bench/throughput.py's), long enough to decode that the model's load can hide behind it.
 
 `tiny` (the default) is the tests' tiny CLIP from its checkpoint: the start-up is all
 there is to measure, the encode of one batch takes no time. A named model is built with
@@ -37,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -44,10 +48,25 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import write_results  # noqa: E402
-from pipeline.samples import make_clips, make_tiny_clip  # noqa: E402
+from pipeline.samples import Spec, make_clips, make_tiny_clip, make_video  # noqa: E402
 
-WORKERS, BATCH, NUM_FRAMES = 2, 8, 8
-RUN = ["--gpu", "cpu", "--num-workers", str(WORKERS), "--batch-size", str(BATCH)]
+WORKERS, NUM_FRAMES = 2, 8
+DFDC = Spec("v.mp4", 300, 1920, 1080, fps=30, gop=250, bframes=3)  # bench/throughput.py's DFDC-like clip
+
+
+def run_flags(batch: int) -> list[str]:
+    return ["--gpu", "cpu", "--num-workers", str(WORKERS), "--batch-size", str(batch)]
+
+
+def dfdc_batch(folder: Path, batch: int) -> Path:
+    """`batch` DFDC-like videos (10 s of 1080p H.264): two distinct clips, each linked
+    batch / 2 times (each link is decoded as its own video)."""
+    videos = folder / "videos"
+    videos.mkdir(parents=True)
+    clips = [make_video(folder / "distinct" / f"c{i}.mp4", replace(DFDC, frames=DFDC.frames + i)) for i in range(2)]
+    for i in range(batch):
+        (videos / f"v{i:03d}.mp4").symlink_to(clips[i % 2])
+    return videos
 TARGET_S = 1.5
 # Log lines of a run (pipeline/engine.py) -> the component they end.
 MARKS = {
@@ -129,10 +148,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("repeats", nargs="?", type=int, default=3)
     ap.add_argument("--model", default="tiny", help="tiny (the tests' CLIP), or a model built with random weights")
+    ap.add_argument("--dfdc", type=int, default=0, metavar="N",
+                    help="a first batch of N DFDC-like clips (10 s of 1080p) instead of 8 small ones")
     args = ap.parse_args()
+    batch = args.dfdc or 8
+    RUN = run_flags(batch)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     tmp = Path(tempfile.mkdtemp(prefix="bench_startup_"))
-    src = make_clips(tmp / "videos", BATCH, width=640, height=360, frames=90, vary=1)
+    src = dfdc_batch(tmp, batch) if args.dfdc else make_clips(tmp / "videos", batch, width=640, height=360, frames=90, vary=1)
+    what = f"{batch} DFDC-like videos 1920x1080 x 300 frames" if args.dfdc else f"{batch} videos 640x360 x 90 frames"
     out = tmp / "job"
     if args.model == "tiny":
         tiny = make_tiny_clip(tmp / "model")
@@ -147,7 +171,7 @@ def main() -> None:
     for _ in range(args.repeats):
         _reset(out)
         launched, ended, proc = _launch_to_exit(["run", "--output-dir", str(out), *RUN])
-        if proc.returncode != 0 or not re.search(rf"run finished: {BATCH} done", proc.stderr):
+        if proc.returncode != 0 or not re.search(rf"run finished: {batch} done", proc.stderr):
             raise SystemExit(f"run failed: {proc.stderr[-2000:]}")
         log = Path(re.search(r"log: (\S+)", proc.stderr).group(1))
         runs.append({"wall_s": round(ended - launched, 3), **_timeline(log, launched)})
@@ -168,7 +192,7 @@ def main() -> None:
             for _ in range(args.repeats)),
     }
     result = {
-        "model": args.model, "videos": BATCH, "workers": WORKERS, "batch_size": BATCH, "repeats": args.repeats,
+        "model": args.model, "videos": batch, "clips": what, "workers": WORKERS, "batch_size": batch, "repeats": args.repeats,
         "run_wall_s": best["wall_s"],
         "first_batch_decode_s": round(decode, 3),
         "fixed_cost_s": round(best["wall_s"] - decode, 3),
@@ -180,7 +204,7 @@ def main() -> None:
         "components_s": {k: round(v, 3) for k, v in components.items()},
         "runs": runs,
     }
-    print(f"\nstart-up, model {args.model}, {BATCH} videos 640x360 x 90 frames = one batch, "
+    print(f"\nstart-up, model {args.model}, {what} = one batch, "
           f"{WORKERS} workers, min of {args.repeats}")
     rows = [
         ("run, launch to exit", result["run_wall_s"]),
@@ -195,7 +219,7 @@ def main() -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v if v is not None else '-':>7} s")
-    write_results("startup", result)
+    write_results("startup-dfdc" if args.dfdc else "startup", result)
 
 
 if __name__ == "__main__":
