@@ -2,11 +2,12 @@
 
 Python's own exit frees every module object one by one; with torch and a model loaded
 that took 1.0-2.7 s on this machine (issue 11), paid by every run after its last line,
-and by every Slurm requeue in a day of them. Nothing the project needs happens in that
-teardown: what must happen at exit is in atexit handlers (multiprocessing joins and
-finalises its children, the metrics' multiprocess folder is removed) and in the logging
-handlers' flush. So: end the threads as Python would, run the atexit handlers,
-flush logs and stdio, then os._exit with the same code (0.09 s instead of 1.08 s,
+and by every Slurm requeue in a day of them. What the project needs of an exit is in
+atexit handlers: multiprocessing joins and finalises its children, and the manifest
+closes its databases (pipeline/manifest/database.py: SQLite merges its WAL into
+manifest.sqlite when the last connection closes, which garbage collection used to do);
+and in the logging handlers' flush. So: end the threads as Python would, run the atexit
+handlers, flush logs and stdio, then os._exit with the same code (0.09 s instead of 1.08 s,
 docs/design/startup.md). Only the CLI's own entry points call it; a process that never
 imported torch exits the ordinary way.
 """

@@ -164,6 +164,20 @@ exit_process(3)
     assert "the last line" in logged.read_text()
 
 
+def test_a_run_leaves_its_manifest_whole_in_one_file(tmp_path: Path, clips: Path, tiny_model) -> None:
+    """The quick exit skips the garbage collection that used to close the manifest's SQLite
+    connections; the manifest closes them at exit itself, so SQLite merges its WAL and a
+    copy of manifest.sqlite alone (a backup, a read-only mount) holds every commit."""
+    out = scanned(tmp_path, clips, tiny_model)
+    cli("run", "--output-dir", str(out), *RUN)
+    assert not (out / "manifest.sqlite-wal").exists(), "the run left its last commits in the WAL"
+    alone = tmp_path / "copy.sqlite"
+    alone.write_bytes((out / "manifest.sqlite").read_bytes())
+    with sqlite3.connect(alone) as c:
+        assert c.execute("SELECT count(*) FROM videos WHERE status='done'").fetchone()[0] == 2
+        assert c.execute("SELECT state FROM runs").fetchall() == [("finished",)]
+
+
 def test_gpu_auto_on_a_box_without_a_gpu_driver_imports_no_torch() -> None:
     """`--gpu auto` resolved, and its fallback warning given, before the workers start:
     where no GPU driver is loaded neither imports torch (it cost 1.3 s before the first

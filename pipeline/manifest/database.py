@@ -9,8 +9,10 @@ claim itself. A busy database or a dropped connection is retried, never surfaced
 
 from __future__ import annotations
 
+import atexit
 import random
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +30,17 @@ ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("videos", "decoded_on", "TEXT"),
 )
 T = TypeVar("T")
+
+# Every engine still open, closed at exit: Python's teardown used to close them by garbage
+# collection, and the CLI now leaves by os._exit (pipeline/quick_exit.py) after the atexit
+# handlers. Closing SQLite's last connection merges its WAL into manifest.sqlite.
+_OPEN: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+
+
+@atexit.register
+def close_all() -> None:
+    for engine in list(_OPEN):
+        engine.dispose()
 
 
 def _retry_locked(fn: Callable[[], T], tries: int = 8) -> T:
@@ -61,6 +74,7 @@ class Database:
             self.engine: Engine = self._make_engine(url)
         except (SQLAlchemyError, ImportError, ValueError) as e:
             raise PipelineError(f"cannot open manifest {url}: {e}") from None
+        _OPEN.add(self.engine)
 
     def _make_engine(self, url: str) -> Engine:
         if not self.is_sqlite:
