@@ -7,10 +7,10 @@ them down:
 
 - architecture: the open_clip model name, and for a model config `.json` the sha256 of
   its text (the same name can hold another architecture);
-- weights: `sha256:<hex>` of a local checkpoint file (hashed once per process per
-  (path, inode, size, mtime, ctime), and remembered in the job with the file's stat stamp so that a
-  run start does not reread a 1.7 GB file while inode, size, mtime and ctime are the same;
-  `verify` always rereads it), `tag:<tag>` for a hub tag, or `random (seed 0)` for `none`;
+- weights: `sha256:<hex>` of a local checkpoint file (read once per stamp: path, inode,
+  size, mtime, ctime, kept per process and in this host's cache file, so a run start does
+  not reread a 1.7 GB file that has not changed; `verify` always rereads it), `tag:<tag>`
+  for a hub tag, or `random (seed 0)` for `none`;
 - preprocessing: the crop geometry and mean/std read off the model's own transform,
   the resize mode, the frame sampling and the number of frames;
 - dim: the feature width.
@@ -45,34 +45,72 @@ if TYPE_CHECKING:
 SETTING_KEY = "model_fingerprint"  # in job_settings, beside `dim`
 COMPARED = ("architecture", "architecture_sha256", "weights", "preprocessing", "dim")
 
-HASHED_KEY = "weights_hashed"  # in job_settings: the checkpoint's stat stamp when it was last hashed
-
 _HASHES: dict[tuple[str, int, int, int, int], str] = {}
-
-
-def _file_stamp(path: str) -> list[int]:
-    """What changes whenever a file's bytes do: inode, size, mtime and ctime (ns). ctime
-    cannot be set back by anyone (`touch -d` moves it too), so an equal stamp is the same
-    file as when it was hashed."""
-    st = os.stat(path)
-    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+MIN_REMEMBERED = 1 << 20  # smaller files are hashed again: it costs less than the cache's read
 
 
 def _stamp(p: Path) -> tuple[str, int, int, int, int]:
-    return (str(p), *_file_stamp(str(p)))  # type: ignore[return-value]
+    """What changes whenever a file's bytes do: its path, inode, size, mtime and ctime (ns).
+    ctime cannot be set back by anyone (`touch -d` moves it too), so an equal stamp is the
+    same file as when it was hashed."""
+    st = p.stat()
+    return (str(p), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file, computed once per process for each (path, inode, size, mtime, ctime)."""
+def hash_cache_path() -> Path:
+    """This host's cache of checkpoint hashes (like a build tool's): under XDG_CACHE_HOME, else ~/.cache."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "clipfeat" / "checkpoint-hashes.json"
+
+
+def _read_cache() -> dict[str, Any]:
+    try:
+        data = json.loads(hash_cache_path().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember(key: tuple[str, int, int, int, int], sha: str) -> None:
+    """Add one hash to the cache file, atomically (a cache: a lost or failed write costs a rehash)."""
+    path = hash_cache_path()
+    data = _read_cache()
+    data[key[0]] = {"stamp": list(key[1:]), "sha256": sha}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def file_sha256(path: str | os.PathLike[str], fresh: bool = False) -> str:
+    """sha256 of a file, read once per stamp (path, inode, size, mtime, ctime).
+
+    Every run start checks the job's checkpoint before its workers start (a changed one is
+    refused), and a ViT-L checkpoint is 1.7 GB: seconds, more on a network disk. So a hash
+    is kept per process and, for files of a MiB or more, in this host's cache file, and
+    trusted while the stamp is the same; a file changed while it was read is not
+    remembered. `fresh`: read it whatever is remembered (verify)."""
     p = Path(path).resolve()
     key = _stamp(p)
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _HASHES[key] = h.hexdigest()
-    return _HASHES[key]
+    if not fresh:
+        if key in _HASHES:
+            return _HASHES[key]
+        if key[2] >= MIN_REMEMBERED and (seen := _read_cache().get(key[0])) and seen.get("stamp") == list(key[1:]):
+            _HASHES[key] = str(seen["sha256"])
+            return _HASHES[key]
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    sha = h.hexdigest()
+    if _stamp(p) == key:  # unchanged while it was read
+        _HASHES[key] = sha
+        if key[2] >= MIN_REMEMBERED:
+            _remember(key, sha)
+    return sha
 
 
 def _architecture(job: "JobSettings") -> tuple[str, str | None]:
@@ -176,35 +214,17 @@ def keep(manifest: "Manifest", fp: dict[str, Any]) -> dict[str, Any]:
 
 def refuse_changed_model(manifest: "Manifest", job: "JobSettings") -> None:
     """`record`'s refusal for what can be told without the model (architecture, weights), made
-    before a run says or starts anything, so a refused run is one line.
-
-    This is on every run's critical path, before the decode workers start, and hashing a
-    ViT-L checkpoint (1.7 GB) takes seconds, more from a network disk: so the checkpoint's
-    hash is remembered in the job with its stat stamp (HASHED_KEY) and trusted while the
-    stamp is the same. `verify` always hashes it again."""
-    settings = manifest.settings()
-    row = settings.get(SETTING_KEY)
+    before a run says or starts anything, so a refused run is one line. On every run's
+    critical path: the checkpoint's hash comes from file_sha256's cache while the file is
+    untouched."""
+    row = manifest.settings().get(SETTING_KEY)
     if not row:
         return
     before = json.loads(row)
-    path = job.pretrained if os.path.isfile(job.pretrained) else None
-    if path is not None and (known := settings.get(HASHED_KEY)):
-        seen = json.loads(known)
-        resolved = Path(path).resolve()
-        if seen.get("path") == str(resolved) and seen.get("stamp") == _file_stamp(str(resolved)):
-            _HASHES[_stamp(resolved)] = seen["sha256"]
     (arch, arch_sha), (weights, _file) = _architecture(job), _weights(job)
     now = {"architecture": arch, "architecture_sha256": arch_sha, "weights": weights}
     if what := [k for k, v in now.items() if before.get(k) != v]:
         raise _refusal(what)
-    if path is not None:
-        resolved = Path(path).resolve()
-        mark = {"path": str(resolved), "stamp": _file_stamp(str(resolved)), "sha256": weights.removeprefix("sha256:")}
-        if settings.get(HASHED_KEY) != (text := json.dumps(mark, sort_keys=True)):
-            try:
-                manifest.set_setting(HASHED_KEY, text)
-            except IntegrityError:  # PostgreSQL: another engine wrote the same mark meanwhile
-                pass
 
 
 def _refusal(what: list[str]) -> PipelineError:
@@ -225,7 +245,7 @@ def check_current(fp: dict[str, Any], job: "JobSettings") -> list[str]:
         if not os.path.isfile(path):
             problems.append(f"checkpoint {path} is not there any more: the features cannot be checked against it")
         else:
-            now = f"sha256:{file_sha256(path)}"
+            now = f"sha256:{file_sha256(path, fresh=True)}"
             if now != fp.get("weights"):
                 problems.append(
                     f"checkpoint {path} changed since the features were made ({short(fp.get('weights'))} then, {short(now)} now)"

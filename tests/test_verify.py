@@ -168,32 +168,39 @@ def test_nothing_done_yet(tmp_path, tiny_model, main_in_process) -> None:
 
 def test_a_run_start_trusts_the_remembered_hash_only_while_the_file_is_untouched(
         good_job, tmp_path, main_in_process, monkeypatch) -> None:
-    """A run start hashes the checkpoint once and remembers it with the file's stat stamp
-    (a ViT-L checkpoint is 1.7 GB, on every restart); while inode, size, mtime and ctime are
-    the same the file is not read again. Other weights of the same size written over it,
-    its mtime put back, change its ctime: the next run is refused as before."""
+    """A run start hashes the checkpoint once and remembers it in this host's cache with the
+    file's stamp (a ViT-L checkpoint is 1.7 GB, on every restart); while path, inode, size,
+    mtime and ctime are the same the file is not read again, and verify reads it anyway.
+    Other weights of the same size written over it, its mtime put back, change its ctime:
+    the next run is refused as before."""
     from pipeline import fingerprint
     from pipeline.errors import PipelineError
     from pipeline.manifest import open_manifest
 
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(fingerprint, "_HASHES", {})  # as in a new process
     checkpoint, original = good_job["checkpoint"], good_job["checkpoint"].read_bytes()
     more = copy_of(good_job, tmp_path)
     cli("scan", "--video-dir", str(make_clips(tmp_path / "more", 1, width=32, height=24, frames=4)), "--output-dir", str(more))
     assert main_in_process("run", "--output-dir", str(more), "--gpu", "cpu").returncode == 0
+    cached = json.loads(fingerprint.hash_cache_path().read_text())[str(checkpoint.resolve())]
+    assert cached["sha256"] == hashlib.sha256(original).hexdigest()
+
+    opened: list[Path] = []
+
+    def watched_open(path, *args, **kw):
+        opened.append(Path(path).resolve())
+        return open(path, *args, **kw)
+
     manifest = open_manifest(more, None)
     try:
-        mark = json.loads(manifest.settings()[fingerprint.HASHED_KEY])
-        assert mark["sha256"] == hashlib.sha256(original).hexdigest() and mark["path"] == str(checkpoint.resolve())
-
-        def opened(path, *args, **kw):
-            assert Path(path).resolve() != checkpoint.resolve(), "the checkpoint was read again"
-            return open(path, *args, **kw)
-
-        monkeypatch.setattr(fingerprint, "_HASHES", {})  # as in a new process
-        monkeypatch.setattr(fingerprint, "open", opened, raising=False)  # the module's own file reads
         job = manifest.job()
-        fingerprint.refuse_changed_model(manifest, job)  # trusted: nothing read
-        monkeypatch.undo()
+        monkeypatch.setattr(fingerprint, "_HASHES", {})  # a new process: only the cache file knows
+        monkeypatch.setattr(fingerprint, "open", watched_open, raising=False)  # the module's file reads
+        fingerprint.refuse_changed_model(manifest, job)
+        assert checkpoint.resolve() not in opened, "a run start read the unchanged checkpoint again"
+        fp = fingerprint.stored(manifest)
+        assert fingerprint.check_current(fp, job) == [] and checkpoint.resolve() in opened  # verify reads it
 
         other = Path(make_tiny_clip(good_job["root"] / "same-size", seed=7)["pretrained"]).read_bytes()
         assert len(other) == len(original) and other != original
