@@ -63,15 +63,16 @@ def parse_spec(spec: str) -> tuple[str, ...]:
 
 
 # Device nodes a GPU driver makes; torch.cuda finds no device where none of them exists
-# (NVIDIA's, WSL2's GPU paravirtualisation, ROCm's HIP build of torch.cuda).
-GPU_DRIVER_PATHS = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg", "/dev/kfd")
+# (NVIDIA's, Jetson's nvgpu, WSL2's GPU paravirtualisation, ROCm's HIP build of torch.cuda).
+GPU_DRIVER_PATHS = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/nvhost-ctrl", "/dev/nvmap", "/dev/dxg", "/dev/kfd")
 
 
 def no_gpu_driver() -> bool:
     """True where no GPU driver is loaded, so CUDA cannot be there: `--gpu auto` on a
     CPU-only box is then answered without importing torch (about 2 s that would otherwise
     come before the decode workers start; docs/design/startup.md). Off Linux, or where a
-    caller has already imported torch (tests patch its CUDA answers), torch is asked."""
+    caller has already imported torch (tests patch its CUDA answers), torch is asked; an
+    explicit `--gpu N` or `all` always asks torch."""
     import os
     import sys
 
@@ -81,8 +82,6 @@ def no_gpu_driver() -> bool:
 
 def cuda_count() -> int:
     """CUDA devices this process can use (0 without a working CUDA runtime)."""
-    if no_gpu_driver():
-        return 0
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -97,7 +96,7 @@ def resolve_devices(spec: str) -> list[Device]:
     """
     parts = parse_spec(spec)
     if parts == ("auto",):
-        return [Device("cuda", 0) if cuda_count() else Device("cpu")]
+        return [Device("cuda", 0) if not no_gpu_driver() and cuda_count() else Device("cpu")]
     count = cuda_count() if any(p != "cpu" for p in parts) else 0
     if parts == ("all",):
         if not count:
