@@ -29,7 +29,8 @@ from pipeline.signals import STOP_SIGNALS, StopRequest, die_with_parent, listene
 log = logging.getLogger(__name__)
 
 
-def _engine_main(opts: Options, device: Device, log_path: str, parent: int, reasons: "mp.SimpleQueue[str]") -> None:
+def _engine_main(opts: Options, device: Device, log_path: str, parent: int,
+                 reasons: "mp.SimpleQueue[tuple[str, str]]") -> None:
     from pipeline.engine import run_engine
 
     die_with_parent(signal.SIGTERM)  # a clean stop, even if the parent was SIGKILLed
@@ -41,7 +42,7 @@ def _engine_main(opts: Options, device: Device, log_path: str, parent: int, reas
             summary = run_engine(opts, device, stop, log_path=Path(log_path), engine=True)
     except PipelineError as e:
         log.error("engine stopped: %s", e)
-        reasons.put(str(e))  # the parent says it as a one-engine run would, in one line
+        reasons.put((str(device), str(e)))  # the parent says it as a one-engine run would, in one line
         raise SystemExit(1) from None
     raise SystemExit(130 if summary.state == "interrupted" else 0)
 
@@ -64,8 +65,8 @@ def run_many(opts: Options, devs: list[Device]) -> tuple[int, int, str, Path]:
     cores = max(1, opts.run.core_count() // len(devs))  # each engine sizes its FFmpeg threads within its share
     ctx = mp.get_context("spawn")
     engines: list[tuple[Device, mp.Process]] = []
-    reasons: mp.SimpleQueue[str] = ctx.SimpleQueue()  # an engine's PipelineError, in its words
-    said: list[str] = []
+    reasons: mp.SimpleQueue[tuple[str, str]] = ctx.SimpleQueue()  # (device, an engine's PipelineError)
+    said: dict[str, str] = {}  # device -> its engine's refusal, in its words
 
     def launch(d: Device) -> mp.Process:
         child = dataclasses.replace(
@@ -112,14 +113,16 @@ def run_many(opts: Options, devs: list[Device]) -> tuple[int, int, str, Path]:
                             log.warning("engine on %s died (exit %s): its videos go back to the others", d, p.exitcode)
                             manifest.reap(opts.run.lease_seconds, opts.run.max_claims)
                 while not reasons.empty():
-                    said.append(reasons.get())
+                    device, words = reasons.get()
+                    said[device] = words
                 now = manifest.counts()
                 progress.update(now["done"] - start["done"], now["failed"] - start["failed"])
-                # A refusal (the endpoint down, the disk full, another checkpoint) would refuse a
-                # relaunch alike: only engines that died otherwise are replaced.
-                if not alive and not stops[0] and now["pending"] and relaunches < len(devs) and not said:
+                # A device whose engine refused (the endpoint down, the disk full, nvdec missing)
+                # would refuse a relaunch alike: only the others take one.
+                usable = [d for d in devs if str(d) not in said]
+                if not alive and not stops[0] and now["pending"] and relaunches < len(devs) and usable:
                     # A dead engine's videos came back after the others had finished.
-                    healthy = [d for d, p in engines if p.exitcode == 0] or devs
+                    healthy = [d for d, p in engines if p.exitcode == 0 and str(d) not in said] or usable
                     relaunches += 1
                     log.info("%d videos came back from a dead engine: relaunching on %s", now["pending"], healthy[0])
                     alive.append((healthy[0], launch(healthy[0])))
@@ -135,5 +138,5 @@ def run_many(opts: Options, devs: list[Device]) -> tuple[int, int, str, Path]:
     state = "interrupted" if stopped else ("finished" if not end["pending"] and not end["running"] else "failed")
     log.info("engines ended with %s: %s", codes, state)
     if state == "failed" and said:  # what a one-engine run says, not "an engine stopped"
-        raise PipelineError("; ".join(dict.fromkeys(said)))
+        raise PipelineError("; ".join(dict.fromkeys(said.values())))
     return end["done"] - start["done"], end["failed"] - start["failed"], state, log_path
