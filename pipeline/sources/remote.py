@@ -284,7 +284,9 @@ class RemoteStore(Source):
         try:
             info = _filesystem(name).info(name)
         except Exception as e:
-            raise OSError(str(reason_of(e, name, scanned=False))) from None  # a list row, or an archive's identity
+            err = reason_of(e, name, scanned=False)  # a list row at scan time, or an archive's identity
+            # FileNotFoundError for a 404: an archive's open then says it vanished since the scan.
+            raise (FileNotFoundError if str(err).startswith("404") else OSError)(str(err)) from None
         return Entry(name, int(info.get("size") or 0), _stamp(info))
 
     @classmethod
