@@ -74,7 +74,7 @@ def _read_cache() -> dict[str, Any]:
 def _remember(key: tuple[str, int, int, int, int], sha: str) -> None:
     """Add one hash to the cache file, atomically (a cache: a lost or failed write costs a rehash)."""
     path = hash_cache_path()
-    data = _read_cache()
+    data = {k: v for k, v in _read_cache().items() if os.path.exists(k)}  # files gone are dropped
     data[key[0]] = {"stamp": list(key[1:]), "sha256": sha}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
