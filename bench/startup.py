@@ -48,25 +48,26 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import write_results  # noqa: E402
-from pipeline.samples import Spec, make_clips, make_tiny_clip, make_video  # noqa: E402
+from pipeline.samples import make_clips, make_tiny_clip, make_video  # noqa: E402
 
 WORKERS, NUM_FRAMES = 2, 8
-DFDC = Spec("v.mp4", 300, 1920, 1080, fps=30, gop=250, bframes=3)  # bench/throughput.py's DFDC-like clip
-
-
-def run_flags(batch: int) -> list[str]:
-    return ["--gpu", "cpu", "--num-workers", str(WORKERS), "--batch-size", str(batch)]
 
 
 def dfdc_batch(folder: Path, batch: int) -> Path:
-    """`batch` DFDC-like videos (10 s of 1080p H.264): two distinct clips, each linked
-    batch / 2 times (each link is decoded as its own video)."""
+    """`batch` DFDC-like videos (bench/throughput.py's spec: 10 s of 1080p H.264, GOP 250, 3
+    B-frames; the sample videos' content): two distinct clips, each linked batch / 2 times
+    (each link is decoded as its own video)."""
+    from bench.throughput import corpora
+
+    dfdc = next(c.spec for c in corpora(quick=False) if c.name == "dfdc_1080p_h264")
     videos = folder / "videos"
     videos.mkdir(parents=True)
-    clips = [make_video(folder / "distinct" / f"c{i}.mp4", replace(DFDC, frames=DFDC.frames + i)) for i in range(2)]
+    clips = [make_video(folder / "distinct" / f"c{i}.mp4", replace(dfdc, frames=dfdc.frames + i)) for i in range(2)]
     for i in range(batch):
         (videos / f"v{i:03d}.mp4").symlink_to(clips[i % 2])
     return videos
+
+
 TARGET_S = 1.5
 # Log lines of a run (pipeline/engine.py) -> the component they end.
 MARKS = {
@@ -152,7 +153,7 @@ def main() -> None:
                     help="a first batch of N DFDC-like clips (10 s of 1080p) instead of 8 small ones")
     args = ap.parse_args()
     batch = args.dfdc or 8
-    RUN = run_flags(batch)
+    run_args = ["--gpu", "cpu", "--num-workers", str(WORKERS), "--batch-size", str(batch)]
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     tmp = Path(tempfile.mkdtemp(prefix="bench_startup_"))
     src = dfdc_batch(tmp, batch) if args.dfdc else make_clips(tmp / "videos", batch, width=640, height=360, frames=90, vary=1)
@@ -165,17 +166,17 @@ def main() -> None:
         model, weights = args.model, "none"
     subprocess.run([sys.executable, str(ROOT / "cli.py"), "scan", "--video-dir", str(src), "--output-dir", str(out),
                     "--model", model, "--pretrained", weights], check=True, capture_output=True, cwd=ROOT)
-    _launch_to_exit(["run", "--output-dir", str(out), *RUN])  # the first run records the job's geometry
+    _launch_to_exit(["run", "--output-dir", str(out), *run_args])  # the first run records the job's geometry
 
     runs, idles, decodes = [], [], []
     for _ in range(args.repeats):
         _reset(out)
-        launched, ended, proc = _launch_to_exit(["run", "--output-dir", str(out), *RUN])
+        launched, ended, proc = _launch_to_exit(["run", "--output-dir", str(out), *run_args])
         if proc.returncode != 0 or not re.search(rf"run finished: {batch} done", proc.stderr):
             raise SystemExit(f"run failed: {proc.stderr[-2000:]}")
         log = Path(re.search(r"log: (\S+)", proc.stderr).group(1))
         runs.append({"wall_s": round(ended - launched, 3), **_timeline(log, launched)})
-        launched, ended, proc = _launch_to_exit(["run", "--output-dir", str(out), *RUN])
+        launched, ended, proc = _launch_to_exit(["run", "--output-dir", str(out), *run_args])
         assert proc.returncode == 0 and "run finished: 0 done" in proc.stderr, proc.stderr
         idles.append(ended - launched)
         decodes.append(first_batch_decode(sorted(src.glob("*.mp4")), model))

@@ -138,6 +138,16 @@ def _root_cause(e: BaseException) -> list[BaseException]:
     return chain
 
 
+def _status(e: BaseException) -> int | None:
+    """The HTTP status somewhere in the exception's chain, if any."""
+    return next((getattr(x, "status", None) for x in _root_cause(e) if isinstance(getattr(x, "status", None), int)), None)
+
+
+def _missing(e: BaseException) -> bool:
+    """The object is not there (404)."""
+    return isinstance(e, FileNotFoundError) or _status(e) == 404
+
+
 def reason_of(e: BaseException, url: str, scanned: bool = True) -> RemoteError:
     """An exception from s3fs/botocore/aiohttp as the words a user reads, and whether it is the endpoint's.
     `scanned`: the object was listed before (a 404 then means deleted since the scan)."""
@@ -146,14 +156,14 @@ def reason_of(e: BaseException, url: str, scanned: bool = True) -> RemoteError:
     where = endpoint_of(url)
     names = [type(x).__name__ for x in _root_cause(e)]
     text = " ".join(str(x) for x in _root_cause(e))
-    status = next((getattr(x, "status", None) for x in _root_cause(e) if isinstance(getattr(x, "status", None), int)), None)
+    status = _status(e)
     if any(n in ("InvalidAccessKeyId", "SignatureDoesNotMatch") for n in names) or (
         "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text
     ):
         return RemoteError("credentials refused (invalid access key or signature)", where)
     if any(n in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError") for n in names):
         return RemoteError("no credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)", where)
-    if isinstance(e, FileNotFoundError) or status == 404:
+    if _missing(e):
         return RemoteError("404 not found (deleted since the scan?)" if scanned else "404 not found")
     if isinstance(e, PermissionError) or status == 403:
         return RemoteError("403 forbidden")
@@ -284,9 +294,9 @@ class RemoteStore(Source):
         try:
             info = _filesystem(name).info(name)
         except Exception as e:
-            err = reason_of(e, name, scanned=False)  # a list row at scan time, or an archive's identity
-            # FileNotFoundError for a 404: an archive's open then says it vanished since the scan.
-            raise (FileNotFoundError if str(err).startswith("404") else OSError)(str(err)) from None
+            # A list row at scan time, or an archive's identity; FileNotFoundError for a 404, so
+            # an archive's open then says it vanished since the scan.
+            raise (FileNotFoundError if _missing(e) else OSError)(str(reason_of(e, name, scanned=False))) from None
         return Entry(name, int(info.get("size") or 0), _stamp(info))
 
     @classmethod
