@@ -12,6 +12,10 @@ the decoding of its first batch:
   of the run's workers and spec, timed from the first submit to the last result.
 - **time to first feature**: launch to the run's "first features" log line.
 - **idle run**: `run` on a job with nothing left (answered from the manifest, no torch).
+- the load's floor: the least fixed cost the model's load alone (torch and open_clip's
+  imports, the build; measured apart) imposes on this box's cores, whatever the project
+  does (`load_floor`): all of it when the first batch decodes faster than it loads, its
+  CPU over the cores when the decode hides it.
 - the components, each in a fresh process or from the run's own log: Python, `import cli`,
   `import torch`, `import open_clip`, the model build, workers started, first decode,
   model loaded, first features, and the process exit after the run's last line.
@@ -117,6 +121,17 @@ def _reset(out: Path) -> None:
         f.unlink()
 
 
+def load_floor(decode_s: float, load_s: float, workers: int, cores: int) -> float:
+    """The least fixed cost the model's load alone imposes on this box, whatever the project
+    does: the run must both decode the batch (its workers busy `decode_s` on min(workers,
+    cores) cores) and load the model (`load_s` of one core: imports and build), so its wall
+    is at least max(decode_s, load_s, (decode_s x busy + load_s) / cores); minus decode_s.
+    With the decode long enough to hide the load, on every core, that is load_s / cores:
+    the imports' CPU taken from the decoders."""
+    busy = min(workers, cores)
+    return max(decode_s, load_s, (decode_s * busy + load_s) / cores) - decode_s
+
+
 def first_batch_decode(videos: list[Path], model: str) -> float:
     """The first batch's videos through the run's own DecodePool and spec, timed from the
     first submit to the last result (workers already started: spawning is start-up)."""
@@ -192,12 +207,17 @@ def main() -> None:
                      f"t = time.perf_counter()\nload_model(JobSettings(model={model!r}, pretrained={weights!r}))")
             for _ in range(args.repeats)),
     }
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load = components["import open_clip (torch included)"] + components[f"load {args.model} (imports done)"]
+    floor = load_floor(decode, load, WORKERS, cores)
     result = {
         "model": args.model, "videos": batch, "clips": what, "workers": WORKERS, "batch_size": batch, "repeats": args.repeats,
         "run_wall_s": best["wall_s"],
         "first_batch_decode_s": round(decode, 3),
         "fixed_cost_s": round(best["wall_s"] - decode, 3),
         "target_fixed_cost_s": TARGET_S,
+        "cores": cores,
+        "load_floor_s": round(floor, 3),
         "time_to_first_feature_s": best.get("first features"),
         "idle_run_s": round(min(idles), 3),
         "timeline_s": best,
@@ -211,6 +231,7 @@ def main() -> None:
         ("run, launch to exit", result["run_wall_s"]),
         ("first batch's decode alone", result["first_batch_decode_s"]),
         (f"fixed cost (target <= {TARGET_S})", result["fixed_cost_s"]),
+        (f"  of which the model's load alone, at least ({cores} cores)", result["load_floor_s"]),
         ("time to first feature", result["time_to_first_feature_s"]),
         ("idle run (nothing left)", result["idle_run_s"]),
         ("process exit after the run's last log line", result["exit_after_last_line_s"]),

@@ -199,3 +199,15 @@ print(torch.cuda.is_available())
         assert "no CUDA GPU found: running on the CPU" in proc.stderr
     else:
         assert first.endswith("True") and ("cuda:0" in first) == (cuda == "True")
+
+
+def test_the_benchs_load_floor_in_its_two_regimes() -> None:
+    """bench/startup.py's floor: the whole load when the first batch decodes faster than
+    the model loads, the load's CPU over the cores when the decode hides it (what says
+    whether the 1.5 s target can be met on a box at all)."""
+    from bench.startup import load_floor
+
+    assert load_floor(decode_s=0.1, load_s=3.0, workers=2, cores=2) == pytest.approx(2.9)  # load on the critical path
+    assert load_floor(decode_s=14.0, load_s=3.0, workers=2, cores=2) == pytest.approx(1.5)  # hidden, its CPU shared
+    assert load_floor(decode_s=14.0, load_s=3.0, workers=16, cores=16) == pytest.approx(3.0 / 16)
+    assert load_floor(decode_s=14.0, load_s=3.0, workers=1, cores=2) == pytest.approx(0.0)  # a core left idle for it
