@@ -154,6 +154,28 @@ def test_frames_decoded_equal_the_floor(videos: dict[str, Path], name: str) -> N
     assert floor is not None and sample_frames(path, 8).decoded == floor
 
 
+@pytest.mark.parametrize("name", ["h264_bframes.mp4", "mjpeg.avi", "rotated"])
+@pytest.mark.parametrize("resize", ["pil", "swscale"])
+def test_a_frame_in_nvdecs_layout_converts_as_the_cpu_decoders(videos: dict[str, Path], tmp_path: Path, name: str,
+                                                               resize: str) -> None:
+    """NVDEC hands frames over as nv12 (chroma interleaved), the CPU decoder as yuv420p or
+    yuvj420p: the same picture must give the same crops whichever made it. swscale's
+    direct nv12 -> RGB path rounds differently (up to 21 levels), which the `pil` resize
+    (the setting of every job from before it existed) met through `to_rgb`. Made here
+    without a GPU by PyAV's own lossless repack of the software frame, which keeps its
+    properties (range, rotation) as NVDEC's transfer does."""
+    from pipeline.preprocess import Geometry
+
+    path = make_video(tmp_path / "rotated.mp4", Spec("rotated.mp4", frames=4, width=96, height=64, rotation=90)) \
+        if name == "rotated" else videos[name]
+    convert = Geometry(64, (64, 64), "shortest", "bicubic").converter(resize)
+    with av.open(str(path)) as container:
+        for frame in list(container.decode(video=0))[:4]:
+            nv12 = frame.reformat(format="nv12")
+            assert (nv12.color_range, nv12.rotation) == (frame.color_range, frame.rotation)
+            assert np.array_equal(convert(nv12), convert(frame)), (frame.format.name, resize)
+
+
 def test_gpu_decoder_failure_falls_back_to_the_cpu_per_video(videos: dict[str, Path]) -> None:
     """--decoder nvdec where the GPU cannot decode (here: no GPU at all): the worker's
     per-video fallback gives the CPU's frames, not a failed video."""

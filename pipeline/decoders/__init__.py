@@ -103,9 +103,22 @@ def seconds(pts: int | None, time_base: Any) -> float | None:
     return float(pts * time_base)
 
 
+# NVDEC hands its frames over semi-planar (nv12: the two chroma planes interleaved), the
+# software decoder planar (yuv420p). swscale converts the two to RGB by different unscaled
+# paths that round differently (up to 21 levels apart on the same picture), so a semi-planar
+# frame is first repacked, losslessly, to the planar layout: the same frame gives the same
+# RGB whichever decoder made it. (The resize-at-once `swscale` path agrees already; p010le
+# agrees with yuv420p10le.)
+PLANAR_OF = {"nv12": "yuv420p", "nv21": "yuv420p"}
+
+
 def to_rgb(frame: "av.VideoFrame") -> np.ndarray:
-    """The frame as upright full-size RGB (the default `convert`)."""
-    return upright(frame.to_ndarray(format="rgb24"), frame.rotation)
+    """The frame as upright full-size RGB (the default `convert`), equal for a frame from
+    the GPU decoder and the same frame from the CPU one."""
+    rotation = frame.rotation
+    if planar := PLANAR_OF.get(frame.format.name):
+        frame = frame.reformat(format=planar)
+    return upright(frame.to_ndarray(format="rgb24"), rotation)
 
 
 class Decoder(ABC):
