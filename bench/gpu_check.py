@@ -316,15 +316,14 @@ def check_oom_halving(ctx: Context, model: str = "ViT-B-32", videos: int = 256) 
                {"videos": videos, "kept_batch": kept, "per_video_mb": per_video / 2**20, "cap_mb": allowed / 2**20, **same})
 
 
-def check_nvdec(ctx: Context, video: Path, codec: str) -> Row:
-    """nvdec's frames against the CPU decoder's on one file: same indices, pixel difference
-    (expected 0), and the share that came from the GPU (the frame's format before conversion)."""
+def nvdec_against_cpu(video: str, geometry: Any) -> tuple[Any, Any, list[str], bool, int]:
+    """One file through the CPU decoder and through nvdec (run by check_nvdec in a fresh
+    process): (cpu Sampled, nvdec Sampled, each frame's pixel format as nvdec decoded it,
+    whether its hwaccel opened, its per-video fallbacks to the CPU)."""
     from pipeline.decoders import get_decoder
     from pipeline.samplers import get_sampler
 
-    if not ctx.cuda:
-        return Row(f"nvdec_{codec}", "n/a on the CPU", "pixel diff 0, GPU share 1.0", None)
-    convert = ctx.geometry("ViT-B-32").converter("swscale")
+    convert = geometry.converter("swscale")
     formats: list[str] = []
 
     def noting(frame: Any) -> Any:
@@ -332,9 +331,22 @@ def check_nvdec(ctx: Context, video: Path, codec: str) -> Row:
         return convert(frame)
 
     sampler = get_sampler("exact")(N)
-    cpu = get_decoder("cpu")(1).sample(str(video), sampler, convert)
+    cpu = get_decoder("cpu")(1).sample(video, sampler, convert)
     nv = get_decoder("nvdec")(1, 0)
-    gpu = nv.sample(str(video), sampler, noting)
+    gpu = nv.sample(video, sampler, noting)
+    return cpu, gpu, formats, nv.hwaccel is not None, nv.fallbacks
+
+
+def check_nvdec(ctx: Context, video: Path, codec: str) -> Row:
+    """nvdec's frames against the CPU decoder's on one file: same indices, pixel difference
+    (expected 0), and the share that came from the GPU (the frame's format before conversion)."""
+    from pipeline.decoders import as_a_worker
+
+    if not ctx.cuda:
+        return Row(f"nvdec_{codec}", "n/a on the CPU", "pixel diff 0, GPU share 1.0", None)
+    # Decoded as a run's worker decodes: in a process where torch has not used the GPU
+    # (this one has, and NVDEC could not share its context here).
+    cpu, gpu, formats, opened, fallbacks = as_a_worker(nvdec_against_cpu, str(video), ctx.geometry("ViT-B-32"))
     a, b = np.stack(cpu.frames).astype(np.int16), np.stack(gpu.frames).astype(np.int16)
     diff = np.abs(a - b)
     share = sum(f in GPU_PIXEL_FORMATS for f in formats) / max(1, len(formats))
@@ -345,7 +357,7 @@ def check_nvdec(ctx: Context, video: Path, codec: str) -> Row:
                "same indices, diff 0, GPU share 1.0", ok,
                {"indices_cpu": cpu.indices, "indices_nvdec": gpu.indices, "pixel_diff_max": int(diff.max()),
                 "pixel_diff_mean": float(diff.mean()), "gpu_share": share, "formats": sorted(set(formats)),
-                "hwaccel_opened": nv.hwaccel is not None, "fallbacks": getattr(nv, "fallbacks", None),
+                "hwaccel_opened": opened, "fallbacks": fallbacks,
                 "decoded_cpu": cpu.decoded, "decoded_nvdec": gpu.decoded})
 
 
@@ -478,13 +490,15 @@ def same_job(ref: JobRun, got: JobRun) -> dict[str, Any]:
             "same_paths": paths, **feats}
 
 
-def e2e_row(name: str, ref: JobRun, runs: list[JobRun], expect_device: str | None = None) -> Row:
+def e2e_row(name: str, ref: JobRun, runs: list[JobRun], expect_devices: set[str] | None = None) -> Row:
+    """`expect_devices`: exactly the devices the run's engines must name in the log
+    (`--gpu all` on n GPUs: cuda:0 to cuda:n-1, one engine each)."""
     same = same_job(ref, runs[0])
     ok = same["ok"] and all(r.code == 0 for r in runs)
     on = None
-    if expect_device is not None:
+    if expect_devices is not None:
         on = re.findall(r"run \S+ on (\S+):", runs[0].log)
-        ok = ok and bool(on) and all(d == expect_device for d in on)
+        ok = ok and set(on) == expect_devices
     vps = (same["done"] + same["failed"]) / runs[0].wall_s
     u = runs[0].util
     util = (f", GPU {u['gpu_util_mean']}% (max {u['gpu_util_max']}), decoder {u['dec_util_mean']}% "
@@ -516,22 +530,25 @@ def e2e_checks(ctx: Context, videos: Path) -> list[Callable[[], Row]]:
                 raise RuntimeError(f"the CPU reference run failed: {state['ref'].stderr.strip()[-300:]}")
         return state["ref"]
 
-    def one(name: str, args: list[list[str]], device: str | None = None) -> Callable[[], Row]:
+    def one(name: str, args: list[list[str]], devices: set[str] | None = None) -> Callable[[], Row]:
         def check() -> Row:
             ref = reference()
-            return e2e_row(name, ref, run_copies(template(), ctx.work / f"e2e-{name}", args, sample=ctx.cuda), device)
+            return e2e_row(name, ref, run_copies(template(), ctx.work / f"e2e-{name}", args, sample=ctx.cuda), devices)
         check.__name__ = name
         return check
 
     if not ctx.cuda:  # the dry run: the comparison machinery, on two CPU engines
         return [one("e2e_cpu_two_engines", [["--gpu", "cpu,cpu", "--num-workers", "2"]])]
+    import torch
+
     mixed_cpu = max(1, ctx.cores - 4)
+    gpu0, every = {"cuda:0"}, {f"cuda:{i}" for i in range(torch.cuda.device_count())}
     return [
-        one("e2e_gpu_0", [["--gpu", "0"]], "cuda:0"),
-        one("e2e_gpu_0_nvdec", [["--gpu", "0", "--decoder", "nvdec"]], "cuda:0"),
-        one("e2e_gpu_0,0", [["--gpu", "0,0"]], "cuda:0"),
-        one("e2e_gpu_all", [["--gpu", "all"]], "cuda:0"),
-        one("e2e_gpu_auto", [["--gpu", "auto"]], "cuda:0"),
+        one("e2e_gpu_0", [["--gpu", "0"]], gpu0),
+        one("e2e_gpu_0_nvdec", [["--gpu", "0", "--decoder", "nvdec"]], gpu0),
+        one("e2e_gpu_0,0", [["--gpu", "0,0"]], gpu0),
+        one("e2e_gpu_all", [["--gpu", "all"]], every),
+        one("e2e_gpu_auto", [["--gpu", "auto"]], gpu0),
         # No mixed decoder in the product: CPU and NVDEC decoding together is two runs of one job.
         one("e2e_cpu_and_nvdec_side_by_side", [["--gpu", "0", "--num-workers", str(mixed_cpu), "--cores", str(mixed_cpu)],
                                                ["--gpu", "0", "--decoder", "nvdec", "--num-workers", "4", "--cores", "4"]]),

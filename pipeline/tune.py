@@ -183,6 +183,7 @@ def measure_worker_start(job: JobSettings, geometry: Any, name: str, decode_wall
 
 def measure(opts: Options, sample: int, seed: int = 0) -> Measured:
     """Everything the model needs, measured on `sample` of the job's videos."""
+    from pipeline.decoders import as_a_worker
     from pipeline.models import load_model
 
     job, names, total = job_videos(opts)
@@ -201,7 +202,8 @@ def measure(opts: Options, sample: int, seed: int = 0) -> Measured:
     failed = 0
     for d in decoders:
         try:
-            cpu_s[d], wall_s[d], bad = measure_decode(chosen, job, geometry, d, device.index or 0)
+            # in a process of its own, without torch, as a decode worker (the model is on the GPU here)
+            cpu_s[d], wall_s[d], bad = as_a_worker(measure_decode, chosen, job, geometry, d, device.index or 0)
         except PipelineError:
             if d == "cpu":
                 raise

@@ -101,6 +101,20 @@ def test_frames_are_the_definitions(clips: dict[str, Path], decoder_name: str, s
         assert getattr(decoder, "fallbacks", 0) == 0, f"{decoder_name} fell back to the CPU on some clips"
 
 
+@pytest.mark.gpu
+def test_nvdec_decodes_on_the_gpu_where_torch_used_it_first(clips: dict[str, Path]) -> None:
+    """torch makes the GPU's primary CUDA context with flags FFmpeg cannot share, after which
+    nvdec's primary_ctx open fails (PyAV #2339): it must then open a context of its own,
+    not fall back to the CPU in silence (tune and gpu-check decode beside a loaded model)."""
+    import torch
+
+    torch.zeros(1, device="cuda:0")  # the primary context, made active by torch first
+    decoder = get_decoder("nvdec")()
+    assert getattr(decoder, "hwaccel", None) is not None, "nvdec could not open the GPU after torch"
+    got = decoder.sample(str(clips[CLIPS[0].name]), get_sampler("exact")(N))
+    assert got.decoded_on == "gpu", got.pixel_format
+
+
 def test_keyframes_differ_from_exact_on_these_clips(clips: dict[str, Path]) -> None:
     """The clips can tell the two samplers apart, so each definition is really checked."""
     differ = [s.name for s in CLIPS if exact_definition(str(clips[s.name]))[0] != keyframes_definition(str(clips[s.name]))[0]]

@@ -74,6 +74,37 @@ def test_end_to_end_comparison_needs_the_same_counts_videos_and_features() -> No
     assert not same_job(ref, _run(4, 1, dict(feats), code=1))["ok"]
 
 
+def test_end_to_end_row_needs_exactly_the_engines_devices() -> None:
+    """`--gpu all` on two GPUs runs engines on cuda:0 and cuda:1: its row needs both, where
+    every other row needs cuda:0 alone (the row once wanted every engine on cuda:0)."""
+    feats = {"v0.mp4": np.ones(16)}
+    ref = _run(1, 0, feats)
+
+    def logged(*devices: str) -> JobRun:
+        run = _run(1, 0, dict(feats))
+        run.log = "\n".join(f"INFO pipeline.engine: run r{i} on {d}: job ..." for i, d in enumerate(devices))
+        return run
+
+    assert gpu_check.e2e_row("all", ref, [logged("cuda:0", "cuda:1")], {"cuda:0", "cuda:1"}).passed
+    assert not gpu_check.e2e_row("all", ref, [logged("cuda:0", "cuda:0")], {"cuda:0", "cuda:1"}).passed
+    assert gpu_check.e2e_row("0,0", ref, [logged("cuda:0", "cuda:0")], {"cuda:0"}).passed
+    assert not gpu_check.e2e_row("0", ref, [logged("cuda:1")], {"cuda:0"}).passed
+
+
+def test_nvdec_is_compared_in_a_process_of_its_own(tmp_path: Path, ctx: Context) -> None:
+    """check_nvdec decodes through `as_a_worker` (a spawned process that has not touched
+    CUDA), because NVDEC cannot share a primary context torch made: the function and its
+    results must cross that process boundary. Without a GPU nvdec falls back to the CPU,
+    so the frames are equal and none came from the GPU."""
+    from pipeline.decoders import as_a_worker
+
+    video = sorted(make_clips(tmp_path / "v", 1, width=64, height=48, frames=9).glob("*.mp4"))[0]
+    cpu, gpu, formats, opened, fallbacks = as_a_worker(gpu_check.nvdec_against_cpu, str(video), ctx.geometry("ViT-B-32"))
+    assert cpu.indices == gpu.indices and len(cpu.frames) == gpu_check.N
+    assert np.array_equal(np.stack(cpu.frames), np.stack(gpu.frames))
+    assert (opened, fallbacks) == (False, 0) and formats and all(f.startswith("yuv") for f in formats)
+
+
 def test_nvidia_smi_output_is_read_in_both_forms() -> None:
     csv = "35, 12\n40, 20\n[N/A], 3\n"
     samples, error = parse_utilisation(csv, dmon=False)

@@ -121,6 +121,20 @@ def to_rgb(frame: "av.VideoFrame") -> np.ndarray:
     return upright(frame.to_ndarray(format="rgb24"), rotation)
 
 
+def as_a_worker(fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) in a fresh spawned process that has not touched CUDA, as a decode worker
+    is, for code that measures or checks decoding from a process where torch may have used
+    the GPU (tune, gpu-check). FFmpeg shares the GPU's primary CUDA context with NVDEC
+    only if it can set its flags, which it cannot once torch has made that context active
+    ("Primary context already active with incompatible flags", PyAV #2339): decoded there,
+    nvdec falls back to the CPU or to a context per file, which is not what a run gets."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
 class Decoder(ABC):
     """Decodes the frames a sampler chooses. One per decode worker, built from the registry
     with the run's FFmpeg threads per worker and its GPU."""

@@ -31,15 +31,25 @@ def open_cuda(gpu_index: int) -> tuple[HWAccel | None, Any]:
 
     Every open makes its own device context; with primary_ctx they all share the
     GPU's primary CUDA context, which the held one keeps alive, so an open costs
-    microseconds instead of a context creation. (None, None) where the GPU cannot be
-    opened here at all: the worker then decodes on the CPU rather than failing every video.
+    microseconds instead of a context creation. Where the primary context cannot be
+    shared (a process where torch used the GPU first), each open makes its own context,
+    slower but still on the GPU, and says so. (None, None) where the GPU cannot be opened
+    here at all: the worker then decodes on the CPU rather than failing every video.
     """
-    try:
-        hw = HWAccel("cuda", device=str(gpu_index), allow_software_fallback=True, options={"primary_ctx": "1"})
-        return hw, hw.create(av.Codec("h264", "r"))
-    except Exception as e:  # noqa: BLE001 - any failure means: no GPU decoding in this worker
-        log.warning("nvdec unavailable in this decode worker (%s): decoding on the CPU", e)
-        return None, None
+    error: Exception | None = None
+    for options in ({"primary_ctx": "1"}, {}):
+        try:
+            hw = HWAccel("cuda", device=str(gpu_index), allow_software_fallback=True, options=options)
+            held = hw.create(av.Codec("h264", "r"))
+        except Exception as e:  # noqa: BLE001 - any failure means: not this way
+            error = error or e
+            continue
+        if not options:  # e.g. torch made the primary context first, with flags FFmpeg cannot share (PyAV #2339)
+            log.warning("nvdec: the GPU's primary CUDA context is not usable in this process (%s): "
+                        "each video opens a CUDA context of its own, which is slower", error)
+        return hw, held
+    log.warning("nvdec unavailable in this decode worker (%s): decoding on the CPU", error)
+    return None, None
 
 
 class NvdecDecoder(PyAVDecoder):
