@@ -57,7 +57,11 @@ def charged(out: Path) -> tuple[int, int]:
 def assert_clean_stop(terminal: Path, out: Path) -> None:
     """A stop sent to the whole group (as Slurm, systemd and a terminal do) is the run's:
     no decode worker died of it, so none was replaced and no video was charged."""
-    assert "run the same command again to resume" in terminal.read_text()
+    said = terminal.read_text()
+    assert "run the same command again to resume" in said
+    # ...nor did multiprocessing's resource tracker (SIGHUP once killed it: "process died
+    # unexpectedly, relaunching" and a KeyError traceback per shared-memory segment).
+    assert "Traceback" not in said and "resource_tracker" not in said, said
     text = max((out / "logs").glob("run-*.log"), key=lambda p: p.stat().st_mtime).read_text()
     assert "decode worker replaced" not in text and "decoder process died" not in text, text
     assert text.count("claims given back") == 1, "the stop reported its claims twice"
