@@ -50,11 +50,16 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 def _job_model(output_dir: str | os.PathLike[str], db: str | None):  # noqa: ANN202 - a Model
+    """The job's model, refused as a run refuses it when it no longer matches the features
+    (another checkpoint written over the file): a query encoded by other weights would rank
+    the job's videos by nonsense, with nothing to say so."""
+    from pipeline.fingerprint import refuse_changed_model
     from pipeline.models import load_model
 
     manifest = open_manifest(output_dir, db)
     try:
         job = manifest.job()
+        refuse_changed_model(manifest, job)
     finally:
         manifest.close()
     return job, load_model(job, "cpu")

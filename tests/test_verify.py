@@ -153,6 +153,10 @@ def test_a_job_whose_checkpoint_changed(good_job, tmp_path, main_in_process) -> 
         assert len(lines) == 1 and lines[0].startswith(f"checkpoint {checkpoint} changed since the features were made")
         refused = one_line_error(main_in_process("run", "--output-dir", str(more), "--gpu", "cpu"))
         assert "the model no longer matches this job's features: weights differ" in refused
+        # A search would encode its query with the other weights and rank the job's videos by nonsense.
+        for query in (["--text", "a face"], ["--video", str(next((tmp_path / "more").glob("*.mp4")))]):
+            refused = one_line_error(main_in_process("search", "--output-dir", str(out), *query))
+            assert "the model no longer matches this job's features: weights differ" in refused, query
     finally:
         checkpoint.write_bytes(original)
     assert main_in_process("verify", "--output-dir", str(out)).returncode == 0
