@@ -47,10 +47,13 @@ def test_attempts_are_bounded_and_retry_failed_works(tmp_path: Path, tiny_model)
 
 
 def _unescape(line: str) -> str:
-    """Undo export's escaping of a path that held a line break (README: \\n, \\r, \\\\)."""
-    if "\\n" not in line and "\\r" not in line:
+    """Undo export's escaping of a path that held a line break (README: \\n, \\r, \\xHH,
+    \\uHHHH, \\\\), written here apart from the product's own reader."""
+    if not re.search(r"\\[nrxu]", line):
         return line
-    return re.sub(r"\\(.)", lambda m: {"n": "\n", "r": "\r", "\\": "\\"}[m.group(1)], line)
+    simple = {"n": "\n", "r": "\r", "\\": "\\"}
+    return re.sub(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|.)",
+                  lambda m: simple.get(m.group(1)) or chr(int(m.group(1)[1:], 16)), line)
 
 
 def test_newline_in_a_file_name_keeps_export_aligned(tmp_path: Path, tiny_model) -> None:
@@ -58,14 +61,15 @@ def test_newline_in_a_file_name_keeps_export_aligned(tmp_path: Path, tiny_model)
     features.npy, checked against each video's own reference feature, not against the
     reader the export is built on; features.pkl keeps the paths exactly, row for row."""
     src = tmp_path / "v"
-    names = ["plain.mp4", "two\nlines.mp4", "back\\slash\r.mp4"]
+    # Every kind of line break str.splitlines() (the README's loader) splits at, not only \\n.
+    names = ["plain.mp4", "two\nlines.mp4", "back\\slash\r.mp4", "Interview\u2028part 1.mp4", "form\x0cfeed\x85.mp4"]
     for i, name in enumerate(names):
         make_video(src / name, Spec("x.mp4", frames=5 + i, width=48, height=32))
     out = tmp_path / "out"
     cli("extract", "--video-dir", str(src), "--output-dir", str(out), *model_args(tiny_model), *RUN)
     feats = np.load(out / "features.npy")
-    lines = (out / "video_paths.txt").read_text().split("\n")[:-1]
-    assert len(lines) == feats.shape[0] == 3
+    lines = (out / "video_paths.txt").read_text(encoding="utf-8").splitlines()  # as the README loads it
+    assert len(lines) == feats.shape[0] == len(names)
     decoded = [_unescape(line) for line in lines]
     assert sorted(decoded) == sorted(str(src / n) for n in names)
     model, preprocess = load_open_clip(tiny_model["model"], tiny_model["pretrained"])

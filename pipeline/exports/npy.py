@@ -2,9 +2,12 @@
 original guide loads them (`np.load`, one path a line).
 
 A path holding a line break cannot be one line of video_paths.txt: such a path is written
-with backslash escapes (\\n, \\r, and \\\\ for its backslashes), so the two files still
-line up. So that a line can always be read back, a path holding the two characters of
-an escape (a backslash then n or r) is escaped too; every other path is written as it is.
+with backslash escapes, so the two files still line up however they are split. A line
+break is any character `str.splitlines()` splits at (what the guide's loader uses), not
+only \\n and \\r: \\n and \\r are written so, the others as \\xHH or \\uHHHH, and
+backslashes as \\\\. So that a line can always be read back, a path holding the
+characters of an escape (a backslash then n, r, x or u) is escaped too; every other path
+is written as it is.
 """
 
 from __future__ import annotations
@@ -20,22 +23,38 @@ from pipeline.writer import atomic_write, npy_bytes
 
 log = logging.getLogger(__name__)
 
-_NEEDS_ESCAPE = re.compile(r"[\n\r]|\\[nr]")
-_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+# Every character str.splitlines() breaks a line at.
+BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_NEEDS_ESCAPE = re.compile(f"[{BREAKS}]|\\\\[nrxu]")
+_TO_ESCAPE = re.compile(f"[\\\\{BREAKS}]")
+_ESCAPE = re.compile(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|.)", re.DOTALL)
 _UNESCAPED = {"\\": "\\", "n": "\n", "r": "\r"}
 
 
+def _escaped(c: str) -> str:
+    if c in "\\\n\r":
+        return {"\\": "\\\\", "\n": "\\n", "\r": "\\r"}[c]
+    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+
+
 def path_line(path: str) -> str:
+    """`path` as one line of video_paths.txt: as it is unless it holds a line break or an escape."""
     if not _NEEDS_ESCAPE.search(path):
         return path
-    return path.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    return _TO_ESCAPE.sub(lambda m: _escaped(m.group()), path)
+
+
+def _unescaped(e: str) -> str | None:
+    if len(e) > 1:  # xHH or uHHHH
+        return chr(int(e[1:], 16))
+    return _UNESCAPED.get(e)
 
 
 def line_path(line: str) -> str:
     """The inverse of path_line."""
     if not _NEEDS_ESCAPE.search(line):
         return line
-    return _ESCAPE.sub(lambda m: _UNESCAPED.get(m.group(1), m.group(0)), line)
+    return _ESCAPE.sub(lambda m: _unescaped(m.group(1)) or m.group(0), line)
 
 
 class NpyExport(GatheredExport):
