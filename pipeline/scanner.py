@@ -34,6 +34,19 @@ def scan(manifest: Manifest, video_dir: str, extensions: tuple[str, ...]) -> Sca
     return scan_all(manifest, [source_for(video_dir)], extensions)[0]
 
 
+def unstorable(name: str) -> str | None:
+    """Why a listed name cannot be a manifest row, or None. A file name that is not valid
+    UTF-8 (Python hands it over with surrogate escapes) is text neither SQLite nor
+    PostgreSQL will store: it is one of the scan's unreadable entries, named by its bytes,
+    instead of a traceback that registers nothing of the whole scan."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = name.encode("utf-8", "surrogateescape")
+        return f"{raw!r}: the file name is not valid UTF-8, which the manifest cannot hold; rename it (e.g. convmv)"
+    return None
+
+
 def scan_all(
     manifest: Manifest, sources: Sequence[Source], extensions: tuple[str, ...], job_dir: str | None = None
 ) -> list[ScanResult]:
@@ -55,7 +68,13 @@ def scan_all(
     unreadable: list[int] = []
     for source in sources:
         errors: list[str] = []
-        listed.append({e.name: (e.size, e.mtime_ns) for e in source.entries(extensions, errors)})
+        found: dict[str, tuple[int, int]] = {}
+        for e in source.entries(extensions, errors):
+            if (why := unstorable(e.name)) is not None:
+                errors.append(why)
+            else:
+                found[e.name] = (e.size, e.mtime_ns)
+        listed.append(found)
         for e in errors:
             log.warning("scan: cannot read %s", e)
         unreadable.append(len(errors))

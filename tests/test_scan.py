@@ -38,6 +38,24 @@ def test_registers_recursively_case_insensitive_with_symlinks(tmp_path: Path, ti
     assert "unreadable" in proc.stderr  # the dangling link is reported, not fatal
 
 
+def test_a_file_name_that_is_not_utf8_is_an_unreadable_entry_not_a_crash(tmp_path: Path, tiny_model) -> None:
+    """One Latin-1 name among many (a camera's, an old archive's) once made scan stop with a
+    traceback and register nothing; it is now one of the scan's unreadable entries, named
+    by its bytes in the log, and the job goes on with every other video."""
+    src = tmp_path / "videos"
+    make_video(src / "ok.mp4", Spec("ok.mp4", frames=3, width=32, height=32))
+    latin1 = os.fsencode(src) + b"/caf\xe9.mp4"
+    os.rename(make_video(src / "tmp.mp4", Spec("t.mp4", frames=3, width=32, height=32)), latin1)
+    out = tmp_path / "out"
+    proc = cli("scan", "--video-dir", str(src), "--output-dir", str(out), *model_args(tiny_model), timeout=60)
+    assert "Traceback" not in proc.stderr and "1 unreadable entries" in proc.stderr, proc.stderr
+    assert [Path(p).name for p in rows(out)] == ["ok.mp4"]
+    log = max((out / "logs").glob("scan-*.log")).read_text()
+    assert "caf\\xe9.mp4'" in log and "not valid UTF-8" in log, log
+    cli("run", "--output-dir", str(out), "--gpu", "cpu", "--num-workers", "1")
+    assert status_json(out)["done"] == 1
+
+
 def test_custom_extensions(tmp_path: Path, tiny_model) -> None:
     src = tmp_path / "v"
     src.mkdir()
