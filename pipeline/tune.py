@@ -303,28 +303,22 @@ def format_seconds(s: float) -> str:
 
 
 def default_out(opts: Options) -> Path:
-    """OUT/tuned.yaml beside an existing job, else ./tuned.yaml."""
-    from pipeline.manifest import job_exists
-
-    if job_exists(opts.paths.output_dir, opts.paths.db):
-        return Path(opts.paths.output_dir) / "tuned.yaml"
-    return Path("tuned.yaml")
+    """OUT/tuned.yaml: beside the job, or where the job will be once `scan --output-dir OUT`
+    makes it (the config names OUT, so `run --config` finds that job, not ./features)."""
+    return Path(opts.paths.output_dir) / "tuned.yaml"
 
 
 def tune(opts: Options, sample: int, out: str | None) -> tuple[Recommendation, Path]:
     """Measure, recommend, write the config; returns the recommendation and where it went."""
     if sample < 1:
         raise PipelineError(f"sample must be at least 1, got {sample}")
-    from pipeline.manifest import job_exists
-
     m = measure(opts, sample)
     devices = opts.run.devices()
     gpu = ",".join(d.spec for d in devices)
     r = recommend(m, gpu)
     path = Path(out) if out else default_out(opts)
-    has_job = job_exists(opts.paths.output_dir, opts.paths.db)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(config_text(r, str(opts.paths.output_dir) if has_job else None, opts.run.cores > 0))
+    path.write_text(config_text(r, str(opts.paths.output_dir), opts.run.cores > 0))
     log.info("tune: %s", {k: v for k, v in asdict(r).items() if k != "measured"})
     return r, path
 

@@ -163,3 +163,22 @@ def test_bad_input_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixtu
         f"error: tune needs --video-dir DIR, or --output-dir of an existing job (none in {tmp_path / 'nothing'})")
     assert main(["tune", "--video-dir", str(tmp_path), "--gpu", "cpu", "--sample", "0"]) == 1
     assert capsys.readouterr().err.strip() == "error: sample must be at least 1, got 0"
+
+
+def test_tune_before_the_scan_writes_a_config_for_that_job(tmp_path: Path, tiny_model) -> None:
+    """`tune --video-dir D --output-dir OUT` before any scan: the config goes to OUT/tuned.yaml
+    and names OUT, so after `scan --output-dir OUT` the hint it prints runs that job (it once
+    wrote ./tuned.yaml without an output dir: the hint then ran ./features)."""
+    videos = tmp_path / "v"
+    for i in range(3):
+        make_video(videos / f"c{i}.mp4", Spec("c.mp4", frames=6 + i, width=48, height=32))
+    out = tmp_path / "job"
+    proc = cli("tune", "--video-dir", str(videos), "--output-dir", str(out), *model_args(tiny_model),
+               "--gpu", "cpu", "--sample", "3", cwd=tmp_path)
+    config = out / "tuned.yaml"
+    assert f"use: cli.py run --config {config}" in proc.stderr + proc.stdout, proc.stderr
+    assert yaml.safe_load(config.read_text())["output"]["output_dir"] == str(out)
+    assert not (tmp_path / "tuned.yaml").exists()
+    cli("scan", "--video-dir", str(videos), "--output-dir", str(out), *model_args(tiny_model))
+    cli("run", "--config", str(config), cwd=tmp_path)
+    assert status_json(out)["done"] == 3
