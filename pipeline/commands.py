@@ -37,6 +37,9 @@ def scan(opts: Options) -> None:
     job = manifest.create_job(opts.job, opts.asked_job)
     results = scan_all(manifest, sources, opts.paths.extensions, opts.paths.output_dir)
     counts = manifest.counts()
+    if counts["total"] == 0:  # allowed (an empty day's folder exports empty arrays), but most often a wrong path
+        log.warning("no videos found in %s (extensions: %s): the job has nothing to run; wrong path or --extensions?",
+                    ", ".join(s.location for s in sources), ", ".join(opts.paths.extensions))
     for source, res in zip(sources, results):
         console.print(
             f"scanned {source.location}: {res.found} videos found, {res.new} new, {res.changed} changed, "
