@@ -85,3 +85,6 @@ def test_a_location_no_source_takes_is_one_line(tmp_path: Path) -> None:
 
     with pytest.raises(PipelineError, match="video directory not found"):
         source_for(str(tmp_path / "nowhere"))
+    (tmp_path / "clip.mp4").write_bytes(b"")  # a file where a folder was meant: not "not found"
+    with pytest.raises(PipelineError, match="clip.mp4 is a file, not a directory"):
+        source_for(str(tmp_path / "clip.mp4"))

@@ -10,6 +10,7 @@ SOURCES (docs/design/extending.md).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import IO
 
 from pipeline.errors import PipelineError
@@ -31,6 +32,9 @@ def source_for(location: str) -> Source:
     for kind in SOURCES.classes().values():
         if kind.accepts(location):
             return kind(location)
+    if Path(location).is_file():  # one video: no source takes a lone file (a list is .txt/.csv/...)
+        raise PipelineError(f"--video-dir {location} is a file, not a directory: give its folder, "
+                            f"or list it in a --video-list file")
     raise PipelineError(f"video directory not found: {location}")
 
 
