@@ -103,6 +103,12 @@ def show(manifest: Manifest, as_json: bool, watch: bool, interval: float = 2.0) 
         console.print(render(report(manifest)))
         return
     try:
+        if not console.is_terminal:  # redirected (a file, nohup, a pipe): Live would write nothing at all
+            while True:
+                console.print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}")
+                console.print(render(report(manifest)))
+                console.file.flush()  # each snapshot whole, even if the watch is killed
+                time.sleep(interval)
         with Live(render(report(manifest)), console=console, refresh_per_second=1) as live:
             while True:
                 time.sleep(interval)

@@ -117,6 +117,27 @@ def test_failure_reasons_of_files_built_with_pyav(mixed_job: dict) -> None:
         assert reasons[name].startswith(words), (name, reasons[name])
 
 
+def test_status_watch_writes_snapshots_when_redirected(mixed_job: dict) -> None:
+    """`status --watch > file` (nohup, a pipe, a log): rich's live display writes nothing
+    where stdout is not a terminal, so the watch writes a dated snapshot each interval,
+    flushed, so what was written is there even after a SIGTERM."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "status", "--output-dir", str(mixed_job["out"]),
+                             "--watch"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(5)
+    finally:
+        proc.terminate()
+    out, _err = proc.communicate(timeout=30)
+    plain = re.sub(r"[\u2500-\u257f]", " ", out)
+    assert len(re.findall(r"^--- \d{4}-\d\d-\d\d \d\d:\d\d:\d\d$", out, re.M)) >= 2, out
+    assert re.search(r"total\s+pending\s+running\s+done", plain), out
+
+
 def test_status_shows_speed_eta_and_the_table(mixed_job: dict, tiny_model) -> None:
     """After a run: its speed, ETA 'done'. New videos pending: an ETA that is a time,
     consistent with that speed. Runs last: it adds videos to the shared job."""
