@@ -56,6 +56,27 @@ def _unescape(line: str) -> str:
                   lambda m: simple.get(m.group(1)) or chr(int(m.group(1)[1:], 16)), line)
 
 
+def test_video_paths_lines_read_back_and_older_files_still_do() -> None:
+    """Every path is one line and reads back exactly; and a video_paths.txt written before
+    the other line breaks were escaped (only \\n, \\r and backslashes, and only in paths
+    that held them) reads back as it was written, backslash-x and -u paths included."""
+    from pipeline.exports.npy import BREAKS, line_path, path_line
+
+    def older(path: str) -> str:  # the writer before, as it was
+        if not re.search(r"[\n\r]|\\[nr]", path):
+            return path
+        return path.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+    paths = ["plain.mp4", "two\nlines.mp4", "back\\slash\r.mp4", "C:\\new\\x41.mp4", "a\\x41.mp4", "\\\\server\\u00e9",
+             "tail\\", "\\\\x", "Interview\u2028part 1.mp4", "form\x0cfeed\x85.mp4", "text\\u2028of an escape.mp4",
+             "both\\n\u2029.mp4"]
+    for path in paths:
+        line = path_line(path)
+        assert line_path(line) == path and not any(c in line for c in BREAKS), (path, line)
+        if not any(c in path for c in BREAKS[2:]) and "\\u2028" not in path:  # what the older writer could write
+            assert line_path(older(path)) == path, path
+
+
 def test_newline_in_a_file_name_keeps_export_aligned(tmp_path: Path, tiny_model) -> None:
     """Line i of video_paths.txt (escapes decoded) names the video whose feature is row i of
     features.npy, checked against each video's own reference feature, not against the

@@ -6,8 +6,10 @@ with backslash escapes, so the two files still line up however they are split. A
 break is any character `str.splitlines()` splits at (what the guide's loader uses), not
 only \\n and \\r: \\n and \\r are written so, the others as \\xHH or \\uHHHH, and
 backslashes as \\\\. So that a line can always be read back, a path holding the
-characters of an escape (a backslash then n, r, x or u) is escaped too; every other path
-is written as it is.
+text of an escape (`\\n`, `\\u2028`, ...) is escaped too; every other path is written as
+it is. The older writer escaped only \\n, \\r and backslashes; its files read back the same,
+but for a path holding, unescaped, the text of the escape of another break (`\\x85`, say),
+which no writer can tell apart.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ log = logging.getLogger(__name__)
 
 # Every character str.splitlines() breaks a line at.
 BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
-_NEEDS_ESCAPE = re.compile(f"[{BREAKS}]|\\\\[nrxu]")
+_BREAK_ESCAPE = r"x(?:0b|0c|1c|1d|1e|85)|u(?:2028|2029)"  # how path_line writes the breaks other than \n, \r
+_ESCAPE = re.compile(rf"\\(?:[\\nr]|{_BREAK_ESCAPE})")  # every escape path_line writes
+_NEEDS_ESCAPE = re.compile(rf"[{BREAKS}]|\\(?:[nr]|{_BREAK_ESCAPE})")  # a break, or the text of an escape
 _TO_ESCAPE = re.compile(f"[\\\\{BREAKS}]")
-_ESCAPE = re.compile(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|.)", re.DOTALL)
 _UNESCAPED = {"\\": "\\", "n": "\n", "r": "\r"}
 
 
@@ -38,23 +41,26 @@ def _escaped(c: str) -> str:
 
 
 def path_line(path: str) -> str:
-    """`path` as one line of video_paths.txt: as it is unless it holds a line break or an escape."""
+    """`path` as one line of video_paths.txt: as it is unless it holds a line break or the
+    text of an escape."""
     if not _NEEDS_ESCAPE.search(path):
         return path
     return _TO_ESCAPE.sub(lambda m: _escaped(m.group()), path)
 
 
-def _unescaped(e: str) -> str | None:
-    if len(e) > 1:  # xHH or uHHHH
-        return chr(int(e[1:], 16))
-    return _UNESCAPED.get(e)
+def _unescaped(escape: str) -> str:
+    e = escape[1:]
+    return chr(int(e[1:], 16)) if len(e) > 1 else _UNESCAPED[e]  # xHH or uHHHH, else \\, n, r
 
 
 def line_path(line: str) -> str:
-    """The inverse of path_line."""
-    if not _NEEDS_ESCAPE.search(line):
+    """The inverse of path_line, and of the older writer's escaping: a line holding \\n or \\r
+    was always escaped (the older writer's rule), one holding the escape of another break
+    is escaped when every backslash in it starts an escape."""
+    if not re.search(r"\\[nr]", line) and not (
+            re.search(rf"\\(?:{_BREAK_ESCAPE})", line) and "\\" not in _ESCAPE.sub("", line)):
         return line
-    return _ESCAPE.sub(lambda m: _unescaped(m.group(1)) or m.group(0), line)
+    return _ESCAPE.sub(lambda m: _unescaped(m.group()), line)
 
 
 class NpyExport(GatheredExport):
