@@ -44,6 +44,19 @@ def stop_signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (if not running) with the stop signals
+    blocked. Whatever first makes a shared-memory segment or a semaphore starts it, and its
+    children share it; it ignores SIGINT and SIGTERM but not SIGHUP, so a group SIGHUP (a
+    closed terminal) killed it, and it came back with a KeyError traceback per segment.
+    Started with them blocked, they stay pending in it. Call before the first segment or
+    multiprocessing queue."""
+    from multiprocessing import resource_tracker
+
+    with stop_signals_blocked():
+        resource_tracker.ensure_running()
+
+
 def unblock_stop_signals() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 

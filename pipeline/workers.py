@@ -34,7 +34,7 @@ from pipeline.errors import PipelineError
 from pipeline.preprocess import Geometry
 from pipeline.samplers import get_sampler
 from pipeline.sources import open_video
-from pipeline.signals import die_with_parent, ignore_stop_signals, stop_signals_blocked
+from pipeline.signals import die_with_parent, ignore_stop_signals, start_resource_tracker, stop_signals_blocked
 
 log = logging.getLogger(__name__)
 
@@ -165,14 +165,11 @@ class _Worker:
         parent, child = ctx.Pipe(duplex=True)
         self.conn: Connection = parent
         name = f"{SHM_PREFIX}_{os.getpid()}_{next(_names)}"
-        # Signals blocked until the worker has set its own dispositions, and around the first
-        # segment, which starts multiprocessing's resource tracker: it ignores SIGINT and
-        # SIGTERM but not SIGHUP, so a group SIGHUP (a closed terminal) killed it, and it
-        # came back with a traceback per segment. Started with them blocked, they stay pending.
-        with stop_signals_blocked():
-            self.shm = SharedMemory(name=name, create=True, size=max(1, slots * int(np.prod(spec.shape))))
-            self.slots = np.ndarray((slots, *spec.shape), dtype=np.uint8, buffer=self.shm.buf)
-            self.proc = ctx.Process(target=_worker_main, args=(child, spec, self.shm.name, slots), daemon=True)
+        start_resource_tracker()  # before the first segment: see there
+        self.shm = SharedMemory(name=name, create=True, size=max(1, slots * int(np.prod(spec.shape))))
+        self.slots = np.ndarray((slots, *spec.shape), dtype=np.uint8, buffer=self.shm.buf)
+        self.proc = ctx.Process(target=_worker_main, args=(child, spec, self.shm.name, slots), daemon=True)
+        with stop_signals_blocked():  # until the worker has set its own dispositions
             self.proc.start()
         child.close()
         self.queue: deque[Task] = deque()

@@ -24,7 +24,9 @@ from pipeline.manifest import open_manifest
 from pipeline.metrics import serve_engines
 from pipeline.progress import RunProgress
 from pipeline.settings import Options
-from pipeline.signals import STOP_SIGNALS, StopRequest, die_with_parent, listened, stop_signals_blocked
+from pipeline.signals import (
+    STOP_SIGNALS, StopRequest, die_with_parent, listened, start_resource_tracker, stop_signals_blocked,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ def run_many(opts: Options, devs: list[Device]) -> tuple[int, int, str, Path]:
     cores = max(1, opts.run.core_count() // len(devs))  # each engine sizes its FFmpeg threads within its share
     ctx = mp.get_context("spawn")
     engines: list[tuple[Device, mp.Process]] = []
+    start_resource_tracker()  # the queue's semaphore starts it, and the engines share it
     reasons: mp.SimpleQueue[tuple[str, str]] = ctx.SimpleQueue()  # (device, an engine's PipelineError)
     said: dict[str, str] = {}  # device -> its engine's refusal, in its words
 
