@@ -490,15 +490,15 @@ def same_job(ref: JobRun, got: JobRun) -> dict[str, Any]:
             "same_paths": paths, **feats}
 
 
-def e2e_row(name: str, ref: JobRun, runs: list[JobRun], expect_devices: set[str] | None = None) -> Row:
-    """`expect_devices`: exactly the devices the run's engines must name in the log
-    (`--gpu all` on n GPUs: cuda:0 to cuda:n-1, one engine each)."""
+def e2e_row(name: str, ref: JobRun, runs: list[JobRun], expect_devices: list[str] | None = None) -> Row:
+    """`expect_devices`: the devices the run's engines must name in the log, one entry per
+    engine (`--gpu all` on n GPUs: cuda:0 to cuda:n-1; `--gpu 0,0`: cuda:0 twice)."""
     same = same_job(ref, runs[0])
     ok = same["ok"] and all(r.code == 0 for r in runs)
     on = None
     if expect_devices is not None:
         on = re.findall(r"run \S+ on (\S+):", runs[0].log)
-        ok = ok and set(on) == expect_devices
+        ok = ok and sorted(on) == sorted(expect_devices)
     vps = (same["done"] + same["failed"]) / runs[0].wall_s
     u = runs[0].util
     util = (f", GPU {u['gpu_util_mean']}% (max {u['gpu_util_max']}), decoder {u['dec_util_mean']}% "
@@ -530,7 +530,7 @@ def e2e_checks(ctx: Context, videos: Path) -> list[Callable[[], Row]]:
                 raise RuntimeError(f"the CPU reference run failed: {state['ref'].stderr.strip()[-300:]}")
         return state["ref"]
 
-    def one(name: str, args: list[list[str]], devices: set[str] | None = None) -> Callable[[], Row]:
+    def one(name: str, args: list[list[str]], devices: list[str] | None = None) -> Callable[[], Row]:
         def check() -> Row:
             ref = reference()
             return e2e_row(name, ref, run_copies(template(), ctx.work / f"e2e-{name}", args, sample=ctx.cuda), devices)
@@ -542,11 +542,11 @@ def e2e_checks(ctx: Context, videos: Path) -> list[Callable[[], Row]]:
     import torch
 
     mixed_cpu = max(1, ctx.cores - 4)
-    gpu0, every = {"cuda:0"}, {f"cuda:{i}" for i in range(torch.cuda.device_count())}
+    gpu0, every = ["cuda:0"], [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     return [
         one("e2e_gpu_0", [["--gpu", "0"]], gpu0),
         one("e2e_gpu_0_nvdec", [["--gpu", "0", "--decoder", "nvdec"]], gpu0),
-        one("e2e_gpu_0,0", [["--gpu", "0,0"]], gpu0),
+        one("e2e_gpu_0,0", [["--gpu", "0,0"]], gpu0 * 2),
         one("e2e_gpu_all", [["--gpu", "all"]], every),
         one("e2e_gpu_auto", [["--gpu", "auto"]], gpu0),
         # No mixed decoder in the product: CPU and NVDEC decoding together is two runs of one job.

@@ -37,8 +37,8 @@ def scan(opts: Options) -> None:
     job = manifest.create_job(opts.job, opts.asked_job)
     results = scan_all(manifest, sources, opts.paths.extensions, opts.paths.output_dir)
     counts = manifest.counts()
-    if counts["total"] == 0:  # allowed (an empty day's folder exports empty arrays), but most often a wrong path
-        log.warning("no videos found in %s (extensions: %s): the job has nothing to run; wrong path or --extensions?",
+    if not any(r.found for r in results):  # allowed (an empty day's folder), but most often a wrong path
+        log.warning("no videos found in %s (extensions: %s); wrong path or --extensions?",
                     ", ".join(s.location for s in sources), ", ".join(opts.paths.extensions))
     for source, res in zip(sources, results):
         console.print(

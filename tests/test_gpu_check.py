@@ -85,10 +85,12 @@ def test_end_to_end_row_needs_exactly_the_engines_devices() -> None:
         run.log = "\n".join(f"INFO pipeline.engine: run r{i} on {d}: job ..." for i, d in enumerate(devices))
         return run
 
-    assert gpu_check.e2e_row("all", ref, [logged("cuda:0", "cuda:1")], {"cuda:0", "cuda:1"}).passed
-    assert not gpu_check.e2e_row("all", ref, [logged("cuda:0", "cuda:0")], {"cuda:0", "cuda:1"}).passed
-    assert gpu_check.e2e_row("0,0", ref, [logged("cuda:0", "cuda:0")], {"cuda:0"}).passed
-    assert not gpu_check.e2e_row("0", ref, [logged("cuda:1")], {"cuda:0"}).passed
+    both = ["cuda:0", "cuda:1"]
+    assert gpu_check.e2e_row("all", ref, [logged("cuda:1", "cuda:0")], both).passed
+    assert not gpu_check.e2e_row("all", ref, [logged("cuda:0", "cuda:0")], both).passed
+    assert not gpu_check.e2e_row("all", ref, [logged("cuda:0", "cuda:0", "cuda:1")], both).passed  # one engine each
+    assert gpu_check.e2e_row("0,0", ref, [logged("cuda:0", "cuda:0")], ["cuda:0", "cuda:0"]).passed
+    assert not gpu_check.e2e_row("0", ref, [logged("cuda:1")], ["cuda:0"]).passed
 
 
 def test_nvdec_is_compared_in_a_process_of_its_own(tmp_path: Path, ctx: Context) -> None:

@@ -126,13 +126,16 @@ def test_status_watch_writes_snapshots_when_redirected(mixed_job: dict) -> None:
 
     from tests.conftest import ROOT
 
-    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "status", "--output-dir", str(mixed_job["out"]),
-                             "--watch"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        time.sleep(5)
-    finally:
-        proc.terminate()
-    out, _err = proc.communicate(timeout=30)
+    seen = mixed_job["out"].parent / "watch.txt"
+    with open(seen, "w") as sink:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "status", "--output-dir", str(mixed_job["out"]),
+                                 "--watch"], stdout=sink, stderr=subprocess.DEVNULL)
+        try:
+            assert wait_until(lambda: seen.read_text().count("\n--- ") >= 1, timeout=120, interval=0.2), seen.read_text()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    out = seen.read_text()
     plain = re.sub(r"[\u2500-\u257f]", " ", out)
     assert len(re.findall(r"^--- \d{4}-\d\d-\d\d \d\d:\d\d:\d\d$", out, re.M)) >= 2, out
     assert re.search(r"total\s+pending\s+running\s+done", plain), out
