@@ -42,11 +42,14 @@ class JobSettingsMixin(Database):
         return JobSettings.from_strings(self.settings())
 
     def set_setting(self, key: str, value: str) -> None:
-        def put(conn: Connection) -> None:
-            conn.execute(job_settings.delete().where(job_settings.c.key == key))
-            conn.execute(job_settings.insert().values(key=key, value=value))
+        """One upsert: concurrent first runs of a job each record the model's dim and
+        geometry, and a delete-then-insert let two of them insert the same key at once (a
+        unique violation that stopped a run on PostgreSQL)."""
+        from sqlalchemy.dialects import postgresql, sqlite
 
-        self.write(put)
+        insert = (sqlite.insert if self.is_sqlite else postgresql.insert)(job_settings).values(key=key, value=value)
+        upsert = insert.on_conflict_do_update(index_elements=[job_settings.c.key], set_={"value": insert.excluded.value})
+        self.write(lambda conn: conn.execute(upsert))
 
     def create_job(self, job: JobSettings, asked: dict[str, Any]) -> JobSettings:
         """Record the job's settings on first use; afterwards refuse different ones."""
